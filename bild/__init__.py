@@ -1,0 +1,20 @@
+"""bild: Big Little Decoder (Kim et al., NeurIPS 2023) for HuggingFace transformers.
+
+    from bild import BiLDGenerator
+    bild = BiLDGenerator(small, large, fallback_threshold=0.6, rollback_threshold=2.0)
+    out = bild.generate(**inputs, max_new_tokens=64)
+
+or, inside transformers' own generate:
+
+    from bild import bild_generate
+    large.generate(**inputs, custom_generate=bild_generate, small_model=small, do_sample=False)
+"""
+
+from .config import ALWAYS_FALLBACK, BiLDConfig
+from .decode import BiLDOutput, bild_generate
+from .generator import BiLDGenerator
+from .stats import BiLDStats
+
+__version__ = "0.1.0"
+
+__all__ = ["ALWAYS_FALLBACK", "BiLDConfig", "BiLDGenerator", "BiLDOutput", "BiLDStats", "bild_generate", "__version__"]

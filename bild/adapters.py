@@ -1,0 +1,185 @@
+"""One thin adapter per model kind: every transformers-specific call the decode loop needs.
+
+An adapter owns one model's KV cache and answers one question: "here are the tokens of each
+row's sequence that you have not seen yet; give me your logits at the last few of them". It
+remembers which sequence index each cache slot holds, so a rollback is "forget every slot past
+index n" (a mask update) followed by cropping the cache's tail; nothing committed is recomputed.
+
+What differs between transformers releases stays here: the `past_key_values` -> `cache` keyword
+rename (5.17 vs 5.24), whether a model takes `logits_to_keep`, and `Cache.crop`, which since 5.18
+removes `-n` tokens and rejects the old absolute-length form.
+
+Shapes: B = rows, T = tokens fed this call, L = cache slots, V = vocabulary.
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+
+import torch
+from transformers import DynamicCache, EncoderDecoderCache, PreTrainedModel
+
+
+def _forward_params(model: PreTrainedModel) -> set[str]:
+    return set(inspect.signature(model.forward).parameters)
+
+
+def crop_cache(cache, tokens_to_remove: int) -> None:
+    """Drop the last `tokens_to_remove` slots (same call on transformers 5.17 ... 5.24)."""
+    if tokens_to_remove > 0:
+        cache.crop(-tokens_to_remove)
+
+
+class ModelAdapter:
+    """A model plus its KV cache and the bookkeeping that makes rollback a pointer move."""
+
+    #: Whether rows of different committed lengths can share one cache (needs explicit position ids).
+    batched_rows: bool = True
+
+    def __init__(self, model: PreTrainedModel, batch_size: int, work_device: torch.device, vocab_size: int | None = None):
+        self.model = model
+        self.device = model.device
+        self.work_device = work_device
+        self.vocab_size = vocab_size  # logits beyond this id are padding of the embedding matrix
+        params = _forward_params(model)
+        self.cache_kw = "cache" if "cache" in params else "past_key_values"
+        self.keeps_logits = "logits_to_keep" in params
+        self.cache = self._new_cache()
+        self.slot_index = torch.empty(batch_size, 0, dtype=torch.long, device=work_device)  # (B, L), -1 = none
+        self.slot_valid = torch.empty(batch_size, 0, dtype=torch.bool, device=work_device)  # (B, L)
+        self.seen = torch.zeros(batch_size, dtype=torch.long, device=work_device)  # (B,) sequence prefix in cache
+        self.calls = 0
+        self.seconds = 0.0
+        self.sync = False  # synchronise the device around forwards when profiling
+
+    def _new_cache(self):
+        return DynamicCache(config=self.model.config)
+
+    def feed(
+        self,
+        seq: torch.Tensor,
+        seq_valid: torch.Tensor,
+        n_pad: torch.Tensor,
+        upto: torch.Tensor,
+        rows: torch.Tensor,
+        n_logits: torch.Tensor,
+    ) -> torch.Tensor:
+        """Run the model over seq[r, seen[r]:upto[r]] for each row in `rows` (one batched forward).
+
+        seq (B, S) token buffer; seq_valid (B, S) False at left padding; n_pad (B,) padding per row;
+        upto (B,); rows (B,) bool; n_logits (B,) how many trailing positions need logits.
+        Returns float32 logits (B, max n_logits, V): row r's first n_logits[r] entries are the
+        next-token logits after seq indices upto[r]-n_logits[r] ... upto[r]-1.
+        """
+        chunk = torch.where(rows, (upto - self.seen).clamp(min=0), 0)  # (B,)
+        T = int(chunk.max())
+        if T == 0:
+            raise RuntimeError("bild: nothing to feed; this is a bug in the decode loop.")
+        offsets = torch.arange(T, device=seq.device)
+        index = self.seen.unsqueeze(1) + offsets  # (B, T) sequence index of each block slot
+        real = offsets < chunk.unsqueeze(1)  # (B, T)
+        index_c = index.clamp(max=seq.shape[1] - 1)
+        real = real & seq_valid.gather(1, index_c)
+        tokens = seq.gather(1, index_c)
+        positions = (index - n_pad.unsqueeze(1)).clamp(min=0)  # position ids skip left padding
+
+        n_logits = torch.where(rows, n_logits, 1)
+        first = (chunk - n_logits).clamp(min=0)  # (B,) block offset of the first needed position
+        keep = T - int(first[rows].min()) if bool(rows.any()) else 1
+
+        start = time.perf_counter()
+        if self.sync and self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        logits = self._forward(tokens, real, positions, keep)  # (B, keep, V)
+        if self.sync and self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.seconds += time.perf_counter() - start
+        self.calls += 1
+
+        logits = logits.to(self.work_device, torch.float32)
+        if self.vocab_size is not None and logits.shape[-1] > self.vocab_size:
+            logits = logits[..., : self.vocab_size]
+        self.slot_index = torch.cat([self.slot_index, torch.where(real, index, -1)], dim=1)
+        self.slot_valid = torch.cat([self.slot_valid, real], dim=1)
+        self.seen = torch.where(chunk > 0, upto, self.seen)
+
+        width = int(n_logits.max())
+        picks = first.unsqueeze(1) + torch.arange(width, device=seq.device) - (T - keep)  # (B, width)
+        picks = picks.clamp(0, keep - 1)
+        return logits.gather(1, picks.unsqueeze(-1).expand(-1, -1, logits.shape[-1]))
+
+    def rollback_to(self, n_valid: torch.Tensor) -> None:
+        """Forget every cached slot holding sequence index >= n_valid[r]; crop the all-empty tail."""
+        self.slot_valid &= self.slot_index < n_valid.unsqueeze(1)
+        self.seen = torch.minimum(self.seen, n_valid)
+        used = self.slot_valid.any(dim=0).nonzero()
+        new_len = int(used.max()) + 1 if used.numel() else 0
+        crop_cache(self.cache, self.slot_valid.shape[1] - new_len)
+        self.slot_index = self.slot_index[:, :new_len]
+        self.slot_valid = self.slot_valid[:, :new_len]
+
+    def _forward(self, tokens, real, positions, keep) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class DecoderOnlyAdapter(ModelAdapter):
+    """GPT-2, Llama, Qwen2, ...: rows share one cache; holes and left padding are masked and
+    explicit position ids keep every row's positions what they would be alone."""
+
+    def _forward(self, tokens, real, positions, keep):
+        mask = torch.cat([self.slot_valid, real], dim=1)
+        kwargs = {self.cache_kw: self.cache}
+        if self.keeps_logits:
+            kwargs["logits_to_keep"] = keep
+        out = self.model(
+            input_ids=tokens.to(self.device),
+            # An all-ones mask is dropped so attention can take its plain causal fast path.
+            attention_mask=None if bool(mask.all()) else mask.to(self.device, torch.long),
+            position_ids=positions.to(self.device),
+            use_cache=True,
+            **kwargs,
+        )
+        return out.logits[:, -keep:]
+
+
+class EncoderDecoderAdapter(ModelAdapter):
+    """T5, mT5, BART, Marian, ...: the encoder runs once; the decoder cache holds one row.
+
+    Decoder positions (T5's relative bias, BART's learned positions) come from the cache length,
+    not from position ids, so rows of different lengths cannot share a cache exactly. The decode
+    loop therefore runs batches of these models row by row (`batched_rows = False`).
+    """
+
+    batched_rows = False
+
+    def __init__(self, model, batch_size, work_device, vocab_size=None, *, encoder_outputs, encoder_mask):
+        if batch_size != 1:
+            raise ValueError("EncoderDecoderAdapter holds one row; split the batch first.")
+        super().__init__(model, batch_size, work_device, vocab_size)
+        self.encoder_outputs = encoder_outputs
+        self.encoder_mask = encoder_mask
+
+    def _new_cache(self):
+        return EncoderDecoderCache(DynamicCache(config=self.model.config), DynamicCache(config=self.model.config))
+
+    def _forward(self, tokens, real, positions, keep):
+        if not (bool(real.all()) and bool(self.slot_valid.all())):
+            raise RuntimeError("bild: an encoder-decoder cache got a hole; this is a bug in the decode loop.")
+        kwargs = {self.cache_kw: self.cache}
+        if self.keeps_logits:
+            kwargs["logits_to_keep"] = keep
+        out = self.model(
+            encoder_outputs=self.encoder_outputs,
+            attention_mask=self.encoder_mask,
+            decoder_input_ids=tokens.to(self.device),
+            use_cache=True,
+            **kwargs,
+        )
+        return out.logits[:, -keep:]
+
+
+def encode(model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor | None):
+    """Run an encoder-decoder model's encoder once over the source."""
+    mask = None if attention_mask is None else attention_mask.to(model.device)
+    return model.get_encoder()(input_ids=input_ids.to(model.device), attention_mask=mask, return_dict=True)

@@ -1,0 +1,107 @@
+"""`BiLDGenerator`: a small and a large model that generate together with Big Little Decoder."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, PreTrainedModel
+
+from .config import BiLDConfig
+from .decode import bild_generate
+from .validation import check_generation_config, check_pair
+
+_FORWARDED_TO_BILD = ("small_model", "custom_generate", "bild_config", "small_tokenizer", "large_tokenizer")
+
+
+class BiLDGenerator:
+    """Wraps a small and a large `PreTrainedModel` (both encoder-decoder or both decoder-only).
+
+    `generate` takes what `large.generate` takes and returns what it would return (greedy); with
+    `return_dict_in_generate=True` the output also carries BiLD's `stats`.
+    """
+
+    def __init__(
+        self,
+        small: PreTrainedModel,
+        large: PreTrainedModel,
+        fallback_threshold: float = BiLDConfig.fallback_threshold,
+        rollback_threshold: float = BiLDConfig.rollback_threshold,
+        max_small_steps: int = BiLDConfig.max_small_steps,
+        *,
+        tokenizer=None,
+        small_tokenizer=None,
+        large_tokenizer=None,
+    ):
+        self.config = BiLDConfig(fallback_threshold, rollback_threshold, max_small_steps)
+        self.small_tokenizer = small_tokenizer if small_tokenizer is not None else tokenizer
+        self.large_tokenizer = large_tokenizer if large_tokenizer is not None else tokenizer
+        check_pair(small, large, self.small_tokenizer, self.large_tokenizer)
+        self.small, self.large = small, large
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        small: str,
+        large: str,
+        fallback_threshold: float = BiLDConfig.fallback_threshold,
+        rollback_threshold: float = BiLDConfig.rollback_threshold,
+        max_small_steps: int = BiLDConfig.max_small_steps,
+        load_tokenizers: bool = True,
+        **kwargs,
+    ) -> "BiLDGenerator":
+        """Load both models (hub names or local folders); kwargs (dtype, device_map, ...) go to both."""
+        models, tokenizers = [], []
+        for name in (small, large):
+            config = AutoConfig.from_pretrained(name, trust_remote_code=kwargs.get("trust_remote_code", False))
+            auto = AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM
+            models.append(auto.from_pretrained(name, **kwargs).eval())
+            tokenizers.append(_load_tokenizer(name) if load_tokenizers else None)
+        return cls(
+            models[0], models[1], fallback_threshold, rollback_threshold, max_small_steps,
+            small_tokenizer=tokenizers[0], large_tokenizer=tokenizers[1],
+        )
+
+    @property
+    def tokenizer(self):
+        return self.large_tokenizer
+
+    def generation_config(self, generation_config=None, **kwargs):
+        """The large model's generation config merged with overrides, as transformers would merge it."""
+        config = copy.deepcopy(generation_config if generation_config is not None else self.large.generation_config)
+        config.update(**{k: v for k, v in kwargs.items() if hasattr(config, k)})
+        return config
+
+    @torch.no_grad()
+    def generate(self, input_ids=None, attention_mask=None, generation_config=None, **kwargs):
+        """Greedy generation with fallback and rollback; same arguments and output as `large.generate`."""
+        clash = [k for k in _FORWARDED_TO_BILD if k in kwargs]
+        if clash:
+            raise ValueError(f"{clash} are set by BiLDGenerator itself; pass thresholds to BiLDGenerator(...) instead.")
+        for unsupported in ("assistant_model", "streamer"):
+            if kwargs.get(unsupported) is not None:
+                raise ValueError(f"BiLDGenerator.generate does not support {unsupported}: BiLD is its own assistant.")
+        # Fail before transformers runs an encoder or allocates anything.
+        check_generation_config(self.generation_config(generation_config, **kwargs))
+        if input_ids is not None and input_ids.numel() == 0 and input_ids.shape[0] == 0:
+            return input_ids
+        return self.large.generate(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            generation_config=generation_config,
+            custom_generate=bild_generate,
+            small_model=self.small,
+            bild_config=self.config,
+            small_tokenizer=self.small_tokenizer,
+            large_tokenizer=self.large_tokenizer,
+            **kwargs,
+        )
+
+
+def _load_tokenizer(name: str):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(name)
+    except (OSError, ValueError):
+        return None  # a model folder without tokenizer files: vocabulary sizes are compared instead

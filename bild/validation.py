@@ -1,0 +1,140 @@
+"""Checks at the API boundary: every unsupported request fails here, before any generation,
+with a message that says what to do instead."""
+
+from __future__ import annotations
+
+import torch
+from transformers import GenerationConfig, PreTrainedModel
+
+
+def output_vocab_size(model: PreTrainedModel) -> int:
+    head = model.get_output_embeddings()
+    if head is not None and getattr(head, "weight", None) is not None:
+        return head.weight.shape[0]
+    return model.config.get_text_config().vocab_size
+
+
+def _tokenizer_vocab(tokenizer) -> dict[int, str]:
+    return {i: t for t, i in tokenizer.get_vocab().items()}
+
+
+def check_pair(small: PreTrainedModel, large: PreTrainedModel, small_tokenizer=None, large_tokenizer=None) -> int:
+    """Raise ValueError unless the two models can decode together; return the shared vocabulary size."""
+    if small is None:
+        raise ValueError("BiLD needs a small model: pass `small_model=<PreTrainedModel>`.")
+    for name, model in (("small", small), ("large", large)):
+        if not isinstance(model, PreTrainedModel):
+            raise ValueError(f"The {name} model must be a transformers PreTrainedModel, got {type(model).__name__}.")
+        if model.get_output_embeddings() is None:
+            raise ValueError(
+                f"The {name} model ({type(model).__name__}) has no language-model head; load it with "
+                "AutoModelForCausalLM or AutoModelForSeq2SeqLM."
+            )
+    s_ed, l_ed = small.config.is_encoder_decoder, large.config.is_encoder_decoder
+    if s_ed != l_ed:
+        kinds = {True: "encoder-decoder", False: "decoder-only"}
+        raise ValueError(
+            f"The small model is {kinds[s_ed]} ({type(small).__name__}) but the large model is {kinds[l_ed]} "
+            f"({type(large).__name__}). BiLD needs two models of the same kind sharing one vocabulary."
+        )
+    vs, vl = output_vocab_size(small), output_vocab_size(large)
+    if small_tokenizer is not None and large_tokenizer is not None:
+        a, b = _tokenizer_vocab(small_tokenizer), _tokenizer_vocab(large_tokenizer)
+        differing = [i for i in set(a) | set(b) if a.get(i) != b.get(i)]
+        if differing:
+            i = min(differing)
+            raise ValueError(
+                f"The small and large tokenizers disagree on {len(differing)} token ids (first: id {i} is "
+                f"{a.get(i)!r} for small, {b.get(i)!r} for large). BiLD needs one shared vocabulary: use a "
+                "small model trained with the large model's tokenizer."
+            )
+        emitted = max(len(small_tokenizer), len(large_tokenizer))
+        if min(vs, vl) < emitted:
+            raise ValueError(
+                f"The tokenizers have {emitted} tokens but a model's output layer has only {min(vs, vl)} rows."
+            )
+        return min(vs, vl)
+    if vs != vl:
+        raise ValueError(
+            f"The small model's output vocabulary has {vs} entries and the large model's {vl}. If the embedding "
+            "matrices are only padded differently, pass the tokenizers (BiLDGenerator(..., tokenizer=tok) or "
+            "small_tokenizer=/large_tokenizer=) so bild can check that the vocabularies agree; otherwise use "
+            "a small model that shares the large model's tokenizer."
+        )
+    return vs
+
+
+_UNSUPPORTED = (
+    ("num_beams", lambda v: v is not None and v > 1, "beam search (num_beams > 1)", "num_beams=1"),
+    ("do_sample", lambda v: bool(v), "sampling (do_sample=True)", "do_sample=False"),
+    ("num_return_sequences", lambda v: v is not None and v > 1, "num_return_sequences > 1", "num_return_sequences=1"),
+    ("penalty_alpha", lambda v: v is not None and v > 0, "contrastive search (penalty_alpha)", "penalty_alpha=None"),
+    ("output_scores", bool, "output_scores", "output_scores=False"),
+    ("output_logits", bool, "output_logits", "output_logits=False"),
+    ("output_attentions", bool, "output_attentions", "output_attentions=False"),
+    ("output_hidden_states", bool, "output_hidden_states", "output_hidden_states=False"),
+    ("encoder_repetition_penalty", lambda v: v is not None and v != 1.0, "encoder_repetition_penalty", "encoder_repetition_penalty=1.0"),
+    ("encoder_no_repeat_ngram_size", lambda v: v is not None and v > 0, "encoder_no_repeat_ngram_size", "encoder_no_repeat_ngram_size=0"),
+    ("prompt_lookup_num_tokens", lambda v: v is not None, "prompt lookup decoding", "prompt_lookup_num_tokens=None"),
+)
+
+
+def check_generation_config(config: GenerationConfig) -> None:
+    """Raise ValueError for generation settings BiLD does not support (yet)."""
+    for attr, bad, what, fix in _UNSUPPORTED:
+        value = getattr(config, attr, None)
+        if bad(value):
+            hint = ""
+            if attr == "do_sample":
+                hint = (
+                    " (the model's own generation_config.json may turn sampling on: Qwen and Llama instruct "
+                    "models do)"
+                )
+            raise ValueError(
+                f"BiLD decodes greedily and does not support {what} yet{hint}. Pass {fix} to generate, "
+                "or call the model's own generate for that mode."
+            )
+    if config.cache_implementation not in (None, "dynamic"):
+        raise ValueError(
+            f"BiLD manages its own dynamic KV caches; cache_implementation={config.cache_implementation!r} is not "
+            "supported. Leave cache_implementation unset."
+        )
+
+
+def max_positions(model: PreTrainedModel) -> int | None:
+    config = model.config.get_text_config(decoder=True)
+    for attr in ("max_position_embeddings", "n_positions", "max_target_positions"):
+        value = getattr(config, attr, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None  # relative positions (T5): no hard limit
+
+
+def check_lengths(models: dict[str, PreTrainedModel], prompt_length: int, max_length: int | None = None) -> None:
+    """Raise ValueError if a prompt or the requested length exceeds a model's positions."""
+    for name, model in models.items():
+        limit = max_positions(model)
+        if limit is None:
+            continue
+        if prompt_length > limit:
+            raise ValueError(
+                f"The prompt has {prompt_length} tokens but the {name} model accepts at most {limit} positions. "
+                "Truncate the input (e.g. tokenizer(..., truncation=True, max_length=...))."
+            )
+        if max_length is not None and max_length > limit:
+            raise ValueError(
+                f"Generating up to {max_length} tokens needs {max_length} positions but the {name} model has "
+                f"{limit}. Lower max_new_tokens/max_length to at most {limit - prompt_length} new tokens."
+            )
+
+
+def check_left_padding(attention_mask: torch.Tensor | None) -> None:
+    if attention_mask is None or attention_mask.shape[1] == 0:
+        return
+    mask = attention_mask.bool()
+    # Left padding means each row's ones are one contiguous block ending at the last column.
+    if bool((~mask[:, -1]).any()) or bool((mask[:, :-1] & ~mask[:, 1:]).any()):
+        raise ValueError(
+            "Decoder-only prompts must be left-padded (a row has padding after its text). Set "
+            "tokenizer.padding_side = 'left' before tokenizing the batch."
+        )
