@@ -1,0 +1,31 @@
+import math
+
+import pytest
+
+from bild import ALWAYS_FALLBACK, BiLDConfig
+
+
+def test_defaults_and_zero_is_kept():
+    assert BiLDConfig() == BiLDConfig(0.6, 2.0, 10)
+    cfg = BiLDConfig(fallback_threshold=0.0, rollback_threshold=0.0)
+    assert cfg.fallback_threshold == 0.0 and cfg.rollback_threshold == 0.0
+    assert BiLDConfig(1.0, math.inf, 1).rollback_threshold == math.inf
+    assert BiLDConfig(ALWAYS_FALLBACK).fallback_threshold == math.inf
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(fallback_threshold=1.5), "fallback_threshold must be in \\[0, 1\\]"),
+        (dict(fallback_threshold=-0.1), "fallback_threshold must be in \\[0, 1\\]"),
+        (dict(fallback_threshold=math.nan), "fallback_threshold must be a number"),
+        (dict(fallback_threshold="0.5"), "fallback_threshold must be a number"),
+        (dict(rollback_threshold=-1.0), "rollback_threshold must be a number >= 0"),
+        (dict(rollback_threshold=math.nan), "rollback_threshold must be a number >= 0"),
+        (dict(max_small_steps=0), "max_small_steps must be an integer >= 1"),
+        (dict(max_small_steps=2.5), "max_small_steps must be an integer >= 1"),
+    ],
+)
+def test_bad_values_are_value_errors(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        BiLDConfig(**kwargs)

@@ -1,0 +1,90 @@
+"""The identities of ../shared/bild-spec.md, for every supported architecture, in float32."""
+
+import math
+
+import pytest
+import torch
+
+from bild import ALWAYS_FALLBACK, BiLDGenerator, bild_generate
+from reference import reference_bild
+from tiny_models import ARCHITECTURES, ENCODER_DECODER, EOS, PAD, batch_inputs, prompts, tiny_pair
+
+MAX_NEW = 24
+
+
+def _pair(arch, mode):
+    return tiny_pair(arch, mode, seed=ARCHITECTURES.index(arch))
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+@pytest.mark.parametrize("mode", ["disagree", "agree"])
+def test_rollback_zero_equals_large_greedy(arch, mode):
+    small, large = _pair(arch, mode)
+    inputs = batch_inputs(prompts(1, seed=1, min_len=4), arch in ENCODER_DECODER)
+    expected = large.generate(**inputs, do_sample=False, max_new_tokens=MAX_NEW)
+    for fb, n in ((0.0, 10), (0.5, 4), (1.0, 1)):
+        out = BiLDGenerator(small, large, fb, 0.0, n).generate(**inputs, max_new_tokens=MAX_NEW, return_dict_in_generate=True)
+        assert torch.equal(out.sequences, expected), (fb, n)
+        out.stats.check()
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_always_fallback_equals_large_greedy(arch):
+    small, large = _pair(arch, "disagree")
+    inputs = batch_inputs(prompts(1, seed=2, min_len=4), arch in ENCODER_DECODER)
+    expected = large.generate(**inputs, do_sample=False, max_new_tokens=MAX_NEW)
+    out = BiLDGenerator(small, large, ALWAYS_FALLBACK, 5.0).generate(**inputs, max_new_tokens=MAX_NEW, return_dict_in_generate=True)
+    assert torch.equal(out.sequences, expected)
+    total = out.stats.total()
+    assert total["drafted_tokens"] == 0 and total["batch_small_calls"] == 0
+    assert total["large_forward_calls"] == total["committed_tokens"] == total["bonus_tokens"]
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+@pytest.mark.parametrize("mode", ["disagree", "agree"])
+def test_batch_rows_equal_rows_alone(arch, mode):
+    small, large = _pair(arch, mode)
+    enc_dec = arch in ENCODER_DECODER
+    rows = prompts(4, seed=3)
+    gen = BiLDGenerator(small, large, 0.4, 1.5, 5)
+    batched = gen.generate(**batch_inputs(rows, enc_dec), max_new_tokens=MAX_NEW, return_dict_in_generate=True)
+    width = batched.sequences.shape[1]
+    for i, row in enumerate(rows):
+        alone = gen.generate(**batch_inputs([row], enc_dec), max_new_tokens=MAX_NEW, return_dict_in_generate=True)
+        got = batched.sequences[i]
+        if not enc_dec:  # this row's share of the left padding
+            got = got[max(map(len, rows)) - len(row):]
+        expected = alone.sequences[0]
+        assert torch.equal(got[: len(expected)], expected), i
+        assert (got[len(expected):] == PAD).all(), i
+        for name in ("drafted_tokens", "accepted_drafts", "fallbacks", "rollbacks", "corrections", "bonus_tokens"):
+            assert getattr(batched.stats, name)[i] == getattr(alone.stats, name)[0], (i, name)
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+@pytest.mark.parametrize("fb, rb, n", [(0.5, 1.0, 4), (0.2, 3.0, 10), (0.0, math.inf, 3)])
+def test_cached_equals_no_cache_reference(arch, fb, rb, n):
+    small, large = _pair(arch, "agree" if rb > 2 else "disagree")
+    row = prompts(1, seed=4, min_len=5)[0]
+    inputs = batch_inputs([row], arch in ENCODER_DECODER)
+    out = BiLDGenerator(small, large, fb, rb, n).generate(**inputs, max_new_tokens=MAX_NEW, return_dict_in_generate=True)
+    expected, counts = reference_bild(small, large, row, fb, rb, n, MAX_NEW, EOS)
+    assert out.sequences[0].tolist() == expected
+    total = out.stats.total()
+    assert total["drafted_tokens"] == counts["drafted"]
+    assert total["fallbacks"] == counts["fallbacks"]
+    assert total["rollbacks"] == counts["rollbacks"]
+    assert total["large_forward_calls"] == counts["rounds"]
+
+
+@pytest.mark.parametrize("arch", ["qwen2", "t5"])
+def test_custom_generate_inside_transformers(arch):
+    small, large = _pair(arch, "disagree")
+    inputs = batch_inputs(prompts(2, seed=5), arch in ENCODER_DECODER)
+    via_hf = large.generate(**inputs, custom_generate=bild_generate, small_model=small, fallback_threshold=0.5,
+                            rollback_threshold=1.0, max_small_steps=4, do_sample=False, max_new_tokens=MAX_NEW)
+    via_bild = BiLDGenerator(small, large, 0.5, 1.0, 4).generate(**inputs, max_new_tokens=MAX_NEW)
+    assert torch.equal(via_hf, via_bild)
+    lossless = large.generate(**inputs, custom_generate=bild_generate, small_model=small, rollback_threshold=0.0,
+                              do_sample=False, max_new_tokens=MAX_NEW)
+    assert torch.equal(lossless, large.generate(**inputs, do_sample=False, max_new_tokens=MAX_NEW))
