@@ -18,7 +18,8 @@ import inspect
 import time
 
 import torch
-from transformers import DynamicCache, EncoderDecoderCache, PreTrainedModel
+from transformers import DynamicCache, EncoderDecoderCache, PreTrainedModel, StaticCache
+from transformers.cache_utils import StaticLayer
 
 
 def _forward_params(model: PreTrainedModel) -> set[str]:
@@ -26,9 +27,22 @@ def _forward_params(model: PreTrainedModel) -> set[str]:
 
 
 def crop_cache(cache, tokens_to_remove: int) -> None:
-    """Drop the last `tokens_to_remove` slots (same call on transformers 5.17 ... 5.24)."""
-    if tokens_to_remove > 0:
-        cache.crop(-tokens_to_remove)
+    """Drop the last `tokens_to_remove` slots of a decoder self-attention cache.
+
+    Dynamic layers are sliced (`crop(-n)`, the form both 5.17 and 5.24 accept). A static layer only
+    moves its write pointer back, so the next update overwrites the stale slots; 5.17's static
+    layers have no `crop`, so the pointer is moved here, as 5.24's `StaticLayer.crop` does.
+    """
+    if tokens_to_remove <= 0:
+        return
+    if isinstance(cache, EncoderDecoderCache):
+        cache = cache.self_attention_cache
+    for layer in cache.layers:
+        if isinstance(layer, StaticLayer):
+            if layer.is_initialized:
+                layer.cumulative_length.sub_(tokens_to_remove)
+        else:
+            layer.crop(-tokens_to_remove)
 
 
 class ModelAdapter:
@@ -37,8 +51,21 @@ class ModelAdapter:
     #: Whether rows of different committed lengths can share one cache (needs explicit position ids).
     batched_rows: bool = True
 
-    def __init__(self, model: PreTrainedModel, batch_size: int, work_device: torch.device, vocab_size: int | None = None):
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        batch_size: int,
+        work_device: torch.device,
+        vocab_size: int | None = None,
+        static_length: int | None = None,
+        pad_to=None,
+        compiled_forward=None,
+    ):
         self.model = model
+        self.static_length = static_length  # preallocate a static KV cache of this many slots
+        self.pad_to = pad_to  # block width -> fixed width of a compiled step, or None (eager, e.g. prefill)
+        # Compiled forward for the fixed-shape steps (padded widths); eager for the prefill.
+        self.compiled_forward = compiled_forward
         self.device = model.device
         self.work_device = work_device
         self.vocab_size = vocab_size  # logits beyond this id are padding of the embedding matrix
@@ -54,6 +81,8 @@ class ModelAdapter:
         self.sync = False  # synchronise the device around forwards when profiling
 
     def _new_cache(self):
+        if self.static_length is not None:
+            return StaticCache(config=self.model.config, max_cache_len=self.static_length)
         return DynamicCache(config=self.model.config)
 
     def feed(
@@ -76,6 +105,14 @@ class ModelAdapter:
         T = int(chunk.max())
         if T == 0:
             raise RuntimeError("bild: nothing to feed; this is a bug in the decode loop.")
+        # A fixed width (trailing dummy slots, masked and dropped right after) for the compiled forward.
+        width = self.pad_to(T) if self.pad_to is not None else None
+        T = width or T
+        self.forward_fn = self.compiled_forward if width else self.model.forward
+        if self.static_length is not None and self.slot_valid.shape[1] + T > self.static_length:
+            raise RuntimeError(
+                f"bild: the static cache of {self.static_length} slots is full; use the dynamic cache for this request."
+            )
         offsets = torch.arange(T, device=seq.device)
         index = self.seen.unsqueeze(1) + offsets  # (B, T) sequence index of each block slot
         real = offsets < chunk.unsqueeze(1)  # (B, T)
@@ -103,6 +140,7 @@ class ModelAdapter:
         self.slot_index = torch.cat([self.slot_index, torch.where(real, index, -1)], dim=1)
         self.slot_valid = torch.cat([self.slot_valid, real], dim=1)
         self.seen = torch.where(chunk > 0, upto, self.seen)
+        self._crop_tail()
 
         width = int(n_logits.max())
         picks = first.unsqueeze(1) + torch.arange(width, device=seq.device) - (T - keep)  # (B, width)
@@ -113,6 +151,9 @@ class ModelAdapter:
         """Forget every cached slot holding sequence index >= n_valid[r]; crop the all-empty tail."""
         self.slot_valid &= self.slot_index < n_valid.unsqueeze(1)
         self.seen = torch.minimum(self.seen, n_valid)
+        self._crop_tail()
+
+    def _crop_tail(self) -> None:
         used = self.slot_valid.any(dim=0).nonzero()
         new_len = int(used.max()) + 1 if used.numel() else 0
         crop_cache(self.cache, self.slot_valid.shape[1] - new_len)
@@ -132,7 +173,7 @@ class DecoderOnlyAdapter(ModelAdapter):
         kwargs = {self.cache_kw: self.cache}
         if self.keeps_logits:
             kwargs["logits_to_keep"] = keep
-        out = self.model(
+        out = self.forward_fn(
             input_ids=tokens.to(self.device),
             # An all-ones mask is dropped so attention can take its plain causal fast path.
             attention_mask=None if bool(mask.all()) else mask.to(self.device, torch.long),
@@ -153,23 +194,31 @@ class EncoderDecoderAdapter(ModelAdapter):
 
     batched_rows = False
 
-    def __init__(self, model, batch_size, work_device, vocab_size=None, *, encoder_outputs, encoder_mask):
+    def __init__(self, model, batch_size, work_device, vocab_size=None, *, encoder_outputs, encoder_mask, **kwargs):
         if batch_size != 1:
             raise ValueError("EncoderDecoderAdapter holds one row; split the batch first.")
-        super().__init__(model, batch_size, work_device, vocab_size)
         self.encoder_outputs = encoder_outputs
         self.encoder_mask = encoder_mask
+        super().__init__(model, batch_size, work_device, vocab_size, **kwargs)
 
     def _new_cache(self):
+        if self.static_length is not None:
+            source_length = self.encoder_outputs.last_hidden_state.shape[1]
+            return EncoderDecoderCache(
+                StaticCache(config=self.model.config, max_cache_len=self.static_length),
+                StaticCache(config=self.model.config, max_cache_len=source_length),
+            )
         return EncoderDecoderCache(DynamicCache(config=self.model.config), DynamicCache(config=self.model.config))
 
     def _forward(self, tokens, real, positions, keep):
-        if not (bool(real.all()) and bool(self.slot_valid.all())):
+        # Padding dummies may only trail the real tokens: the decoder has no position ids to skip holes.
+        trailing_only = bool((real[:, :-1] | ~real[:, 1:]).all()) if real.shape[1] > 1 else True
+        if not (trailing_only and bool(self.slot_valid.all())):
             raise RuntimeError("bild: an encoder-decoder cache got a hole; this is a bug in the decode loop.")
         kwargs = {self.cache_kw: self.cache}
         if self.keeps_logits:
             kwargs["logits_to_keep"] = keep
-        out = self.model(
+        out = self.forward_fn(
             encoder_outputs=self.encoder_outputs,
             attention_mask=self.encoder_mask,
             decoder_input_ids=tokens.to(self.device),

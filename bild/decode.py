@@ -216,6 +216,8 @@ def bild_generate(
     small_tokenizer=None,
     large_tokenizer=None,
     bild_profile: bool = False,
+    static_cache: bool = False,
+    compile: bool = False,
     inputs_tensor: torch.Tensor | None = None,
     **model_kwargs,
 ):
@@ -226,6 +228,13 @@ def bild_generate(
 
     transformers prepares the generation config, logits processors, stopping criteria and the large
     model's encoder outputs, then calls this with the large model as `model`.
+
+    static_cache: preallocated KV caches (prompt + max_new_tokens + one draft window); a rollback
+        moves a write pointer instead of cropping. Batch size 1 for decoder-only models.
+    compile: implies static_cache; the one-token draft step and the fixed-width verify step run
+        through `torch.compile` ("reduce-overhead", i.e. CUDA graphs, on a GPU). Drafts shorter
+        than the window are padded to max_small_steps + 1 so shapes never change.
+    bild_profile: synchronise the device around each forward so stats.forward_seconds is exact.
     """
     cfg = bild_config if bild_config is not None else BiLDConfig(fallback_threshold, rollback_threshold, max_small_steps)
     generation_config = generation_config if generation_config is not None else model.generation_config
@@ -239,6 +248,7 @@ def bild_generate(
     max_length = generation_config.max_length
     pad = _pad_token_id(generation_config)
     device = input_ids.device
+    fast = _fast_path_options(static_cache or compile, compile, cfg, max_length, input_ids, model)
 
     if model.config.is_encoder_decoder:
         source_mask = model_kwargs.get("attention_mask")
@@ -252,11 +262,12 @@ def bild_generate(
         for r in range(input_ids.shape[0]):  # row by row: see EncoderDecoderAdapter
             mask_r = None if source_mask is None else source_mask[r : r + 1]
             small = EncoderDecoderAdapter(
-                small_model, 1, device, vocab,
+                small_model, 1, device, vocab, **fast(small_model),
                 encoder_outputs=_row(small_enc, r), encoder_mask=None if mask_r is None else mask_r.to(small_model.device),
             )
             large = EncoderDecoderAdapter(
-                model, 1, device, encoder_outputs=_row(large_enc, r), encoder_mask=None if mask_r is None else mask_r.to(model.device)
+                model, 1, device, **fast(model),
+                encoder_outputs=_row(large_enc, r), encoder_mask=None if mask_r is None else mask_r.to(model.device),
             )
             for a in (small, large):
                 a.sync = bild_profile
@@ -276,13 +287,40 @@ def bild_generate(
         check_left_padding(mask)
         check_lengths({"small": small_model, "large": model}, input_ids.shape[1], max_length)
         valid = torch.ones_like(input_ids, dtype=torch.bool) if mask is None else mask.to(device).bool()
-        small = DecoderOnlyAdapter(small_model, input_ids.shape[0], device, vocab)
-        large = DecoderOnlyAdapter(model, input_ids.shape[0], device)
+        small = DecoderOnlyAdapter(small_model, input_ids.shape[0], device, vocab, **fast(small_model))
+        large = DecoderOnlyAdapter(model, input_ids.shape[0], device, **fast(model))
         small.sync = large.sync = bild_profile
         sequences, stats = decode(small, large, input_ids, valid, processors, criteria, cfg, max_length, pad)
     if generation_config.return_dict_in_generate:
         return BiLDOutput(sequences=sequences, stats=stats)
     return sequences
+
+
+def _fast_path_options(static: bool, compile: bool, cfg: BiLDConfig, max_length: int, input_ids, large):
+    """Adapter options of the static-cache / compiled path, per model (a function of the model)."""
+    if not static:
+        return lambda model: {}
+    if not large.config.is_encoder_decoder and input_ids.shape[0] > 1:
+        raise ValueError(
+            "static_cache/compile support batch size 1 for decoder-only models (rows of a batch leave masked holes "
+            "that a fixed-size cache cannot bound). Generate rows one at a time, or use the default dynamic cache."
+        )
+    window = cfg.max_small_steps + 1
+    # Slots: the committed sequence, one draft window, and the padding of a fixed-width step.
+    length = max_length + 2 * window
+
+    def pad_to(width: int) -> int | None:
+        return None if width > window else (1 if width == 1 else window)
+
+    def options(model):
+        out = {"static_length": length}
+        if compile:
+            mode = "reduce-overhead" if model.device.type == "cuda" else None
+            # Dynamo caches graphs on the forward's code, so later calls reuse them.
+            out.update(pad_to=pad_to, compiled_forward=torch.compile(model.forward, mode=mode, dynamic=False))
+        return out
+
+    return options
 
 
 def _row(encoder_outputs, r: int):

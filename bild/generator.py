@@ -11,7 +11,8 @@ from .config import BiLDConfig
 from .decode import bild_generate
 from .validation import check_generation_config, check_pair
 
-_FORWARDED_TO_BILD = ("small_model", "custom_generate", "bild_config", "small_tokenizer", "large_tokenizer")
+_FORWARDED_TO_BILD = ("small_model", "custom_generate", "bild_config", "small_tokenizer", "large_tokenizer",
+                      "static_cache", "compile")
 
 
 class BiLDGenerator:
@@ -32,8 +33,11 @@ class BiLDGenerator:
         tokenizer=None,
         small_tokenizer=None,
         large_tokenizer=None,
+        static_cache: bool = False,
+        compile: bool = False,
     ):
         self.config = BiLDConfig(fallback_threshold, rollback_threshold, max_small_steps)
+        self.static_cache, self.compile = static_cache, compile
         self.small_tokenizer = small_tokenizer if small_tokenizer is not None else tokenizer
         self.large_tokenizer = large_tokenizer if large_tokenizer is not None else tokenizer
         check_pair(small, large, self.small_tokenizer, self.large_tokenizer)
@@ -94,6 +98,8 @@ class BiLDGenerator:
             bild_config=self.config,
             small_tokenizer=self.small_tokenizer,
             large_tokenizer=self.large_tokenizer,
+            static_cache=self.static_cache,
+            compile=self.compile,
             **kwargs,
         )
 

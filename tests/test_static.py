@@ -1,0 +1,56 @@
+"""The static-cache path (rollback = moving a write pointer) gives the dynamic path's output."""
+
+import pytest
+import torch
+
+from bild import BiLDGenerator
+from bild.adapters import DecoderOnlyAdapter
+from tiny_models import ARCHITECTURES, ENCODER_DECODER, batch_inputs, prompts, tiny_pair
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_static_cache_equals_dynamic(arch):
+    small, large = tiny_pair(arch, "agree", seed=4)
+    enc_dec = arch in ENCODER_DECODER
+    for th in ((0.3, 1.0), (0.0, 0.0)):
+        inputs = batch_inputs(prompts(2 if enc_dec else 1, seed=9, min_len=4), enc_dec)
+        dynamic = BiLDGenerator(small, large, *th, 6).generate(**inputs, max_new_tokens=20, return_dict_in_generate=True)
+        static = BiLDGenerator(small, large, *th, 6, static_cache=True).generate(**inputs, max_new_tokens=20,
+                                                                              return_dict_in_generate=True)
+        assert torch.equal(static.sequences, dynamic.sequences), th
+        assert static.stats.total()["rollbacks"] == dynamic.stats.total()["rollbacks"]
+
+
+def test_fixed_width_steps_pad_and_drop_dummies():
+    """The compiled path's padding, run eagerly: same output, and the cache never keeps a dummy slot."""
+    small, large = tiny_pair("llama", "disagree", seed=1)
+    inputs = batch_inputs(prompts(1, seed=3, min_len=4), False)
+    expected = BiLDGenerator(small, large, 0.3, 1.0, 4).generate(**inputs, max_new_tokens=16)
+    window = 5
+    seen_widths = []
+
+    def pad_to(width):
+        fixed = None if width > window else (1 if width == 1 else window)
+        seen_widths.append(fixed)
+        return fixed
+
+    original = DecoderOnlyAdapter.__init__
+
+    def patched(self, *args, **kwargs):
+        original(self, *args, **kwargs, pad_to=pad_to, compiled_forward=None)
+        self.compiled_forward = self.model.forward  # eager stand-in for torch.compile
+        assert self.static_length is not None
+
+    DecoderOnlyAdapter.__init__ = patched
+    try:
+        got = BiLDGenerator(small, large, 0.3, 1.0, 4, static_cache=True).generate(**inputs, max_new_tokens=16)
+    finally:
+        DecoderOnlyAdapter.__init__ = original
+    assert torch.equal(got, expected)
+    assert window in seen_widths and None in seen_widths  # padded steps and an eager prefill both ran
+
+
+def test_static_cache_refuses_decoder_only_batches():
+    small, large = tiny_pair("gpt2", "agree")
+    with pytest.raises(ValueError, match="batch size 1 for decoder-only"):
+        BiLDGenerator(small, large, static_cache=True).generate(**batch_inputs(prompts(2), False), max_new_tokens=4)
