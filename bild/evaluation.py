@@ -32,10 +32,8 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import importlib.metadata
 import json
 import os
-import platform
 import sys
 import time
 from dataclasses import dataclass
@@ -44,7 +42,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from . import __version__, fetch, metrics
+from . import env, fetch, metrics
 from .config import BiLDConfig
 from .generator import BiLDGenerator
 from .stats import PER_ROW, BiLDStats
@@ -88,6 +86,8 @@ SUMMARIZATION = Task("summarization", metrics.rouge, metrics.ROUGE_TYPES, 64,
 
 @dataclass(frozen=True)
 class Example:
+    """One row to generate for: `id` is unique within the run and keys resumption."""
+
     id: str
     source: str
     reference: str
@@ -116,12 +116,10 @@ def data_files(args: argparse.Namespace) -> dict[str, str]:
 
 
 def resolve_split(split: str | None, files: dict[str, str]) -> str:
-    """--split, else "test" when there is one (hub data sets and test files), else the only file given."""
+    """--split, else the first of test, validation, train that exists (hub data sets: test)."""
     if split:
         return split
-    if not files or "test" in files:
-        return "test"
-    return next(iter(files))
+    return next((name for name in ("test", "validation", "train") if name in files), "test")
 
 
 def load_examples(task: Task, args: argparse.Namespace) -> list[Example]:
@@ -221,7 +219,9 @@ def resolve_template(template: str | None, tokenizer, encoder_decoder: bool) -> 
     if template == "chat" and (encoder_decoder or not getattr(tokenizer, "chat_template", None)):
         raise SystemExit("--prompt_template chat needs a decoder-only model whose tokenizer has a chat template.")
     if template not in ("chat", "plain") and "{text}" not in template:
-        raise SystemExit(f"--prompt_template must be chat, plain, or a format string containing {{text}}; got {template!r}.")
+        raise SystemExit(
+            f"--prompt_template must be chat, plain, or a format string containing {{text}}; got {template!r}."
+        )
     # Shells pass "\n" through literally; a template almost always means a line break.
     return template.replace("\\n", "\n")
 
@@ -352,8 +352,9 @@ class PredictionWriter:
         self.handle = open(path, "a", encoding="utf-8")
 
     def write(self, records: list[dict]) -> None:
-        for record in records:
-            self.handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+        # One write per batch: an interrupt lands between batches, or at worst leaves one partial
+        # last line, which the next run's drop_partial_line removes.
+        self.handle.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
         self.handle.flush()
         os.fsync(self.handle.fileno())
 
@@ -375,21 +376,25 @@ def atomic_write_json(path: Path, data: dict) -> None:
     atomic_write_text(path, json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n")
 
 
-def merge_predictions(output_dir: Path, system: str, examples: list[Example]) -> list[dict]:
-    """Write predictions_<system>.jsonl in data order from all its files, drop the shards.
+def ordered_records(output_dir: Path, system: str, examples: list[Example]) -> list[dict]:
+    """The finished records of `examples`, in their order."""
+    done = finished_records(output_dir, system)
+    return [done[e.id] for e in examples if e.id in done]
 
-    Returns the records of `examples`. Records of examples outside this run (an earlier run with a
-    larger --max_samples) are kept after them, so no finished work is ever thrown away.
+
+def merge_predictions(output_dir: Path, system: str, examples: list[Example]) -> None:
+    """Write predictions_<system>.jsonl in data order from all its files, then drop the shards.
+
+    Records of examples outside this run (an earlier run with a larger --max_samples) are kept
+    after the others, so no finished work is ever thrown away.
     """
     done = finished_records(output_dir, system)
-    ordered = [done[e.id] for e in examples if e.id in done]
     wanted = {e.id for e in examples}
-    extra = [r for i, r in done.items() if i not in wanted]
-    text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in ordered + extra)
+    records = ordered_records(output_dir, system, examples) + [r for i, r in done.items() if i not in wanted]
+    text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
     atomic_write_text(prediction_path(output_dir, system), text)
     for shard in output_dir.glob(f"predictions_{system}.rank*.jsonl"):
         shard.unlink()
-    return ordered
 
 
 # ---------------------------------------------------------------------------------------------
@@ -406,7 +411,6 @@ class RunContext:
     device: torch.device  # where inputs go and what is synchronised
     eos_ids: set[int]
     output_dir: Path
-    own_file: Path  # this process's predictions file, once the system is known: see own_path
     rank: int | None  # None in a single process
     show_progress: bool
     seed: int
@@ -448,9 +452,13 @@ def run_system(system: str, generate: GenerateFn, examples: list[Example], ctx: 
     return todo
 
 
+def _inputs(batch: list[Example], ctx: RunContext) -> dict[str, torch.Tensor]:
+    return {k: v.to(ctx.device) for k, v in ctx.prompts.batch([e.source for e in batch]).items()}
+
+
 def _warm_up(generate: GenerateFn, batch: list[Example], ctx: RunContext) -> None:
     """One untimed generation, so that one-off costs (allocations, kernel selection) are not timed."""
-    inputs = {k: v.to(ctx.device) for k, v in ctx.prompts.batch([e.source for e in batch]).items()}
+    inputs = _inputs(batch, ctx)
     kwargs = {**ctx.generate_kwargs, "max_new_tokens": min(16, ctx.generate_kwargs["max_new_tokens"])}
     generate(inputs, kwargs)
     synchronize(ctx.device)
@@ -458,7 +466,7 @@ def _warm_up(generate: GenerateFn, batch: list[Example], ctx: RunContext) -> Non
 
 def _generate_batch(generate: GenerateFn, batch: list[Example], ctx: RunContext) -> list[dict]:
     """Records of one timed batch: prediction, reference, generated tokens, latency, BiLD counters."""
-    inputs = {k: v.to(ctx.device) for k, v in ctx.prompts.batch([e.source for e in batch]).items()}
+    inputs = _inputs(batch, ctx)
     synchronize(ctx.device)
     start = time.perf_counter()
     rows, stats = generate(inputs, ctx.generate_kwargs)
@@ -533,7 +541,8 @@ def print_report(task: Task, result: dict, console=None) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    console = console or Console()
+    # Logs and pipes get rich's 80 columns, which would squeeze the numbers of four ROUGE types.
+    console = console or Console(width=None if sys.stdout.isatty() else 120)
     systems = result["systems"]
     reference = "large" if "large" in systems else None
     table = Table(title=f"{task.name}: {result['examples']} examples")
@@ -590,37 +599,9 @@ def _stats_table(stats: dict):
 # Configuration, environment, output folder
 
 
-def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo (Linux), else what `platform` knows."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def environment(device: torch.device, num_processes: int) -> dict:
-    """Versions and hardware, so that numbers can be compared across machines."""
-    versions = {"python": platform.python_version(), "bild": __version__}
-    for package in ("torch", "transformers", "accelerate", "datasets", "sacrebleu", "rouge-score", "tokenizers"):
-        try:
-            versions[package] = importlib.metadata.version(package)
-        except importlib.metadata.PackageNotFoundError:
-            versions[package] = None
-    env = {
-        "versions": versions,
-        "platform": platform.platform(),
-        "cpu": cpu_model(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "device": str(device),
-        "num_processes": num_processes,
-    }
-    if device.type == "cuda":
-        env["gpu"] = torch.cuda.get_device_name(device)
-    return env
+    """Versions and hardware (`bild env`'s), plus where this run generated."""
+    return {**env.environment(), "device": str(device), "num_processes": num_processes}
 
 
 def generation_settings(task: Task, args: argparse.Namespace, paths: dict, device: torch.device,
@@ -655,15 +636,15 @@ def fingerprint(settings: dict) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
-def check_output_dir(output_dir: Path, print_: str, overwrite: bool) -> None:
+def check_output_dir(output_dir: Path, expected: str) -> None:
     """Refuse to resume into a folder whose predictions were made with other settings."""
     config = output_dir / "config.json"
-    if overwrite or not config.exists() or not list(output_dir.glob("predictions_*.jsonl")):
+    if not config.exists() or not list(output_dir.glob("predictions_*.jsonl")):
         return
     previous = json.loads(config.read_text()).get("fingerprint")
-    if previous != print_:
+    if previous != expected:
         raise SystemExit(
-            f"{output_dir} holds predictions made with other settings (fingerprint {previous}, now {print_}; "
+            f"{output_dir} holds predictions made with other settings (fingerprint {previous}, now {expected}; "
             "see its config.json). Use another --output_dir, or --overwrite_output_dir to start over."
         )
 
@@ -774,6 +755,20 @@ def resolve_device(name: str, state) -> torch.device:
     return state.device if name == "auto" else torch.device(name)
 
 
+def cpu_only(device: str) -> bool:
+    """Whether the run is CPU-only: asked for, or no accelerator present.
+
+    accelerate treats the processes of a launch as one multi-CPU run only when told it is on CPU;
+    otherwise each would believe it is alone and they would all write the same files.
+    """
+    if device != "auto":
+        return torch.device(device).type == "cpu"
+    accelerator = getattr(torch, "accelerator", None)  # torch >= 2.6
+    if accelerator is not None:
+        return not accelerator.is_available()
+    return not (torch.cuda.is_available() or torch.backends.mps.is_available())
+
+
 def main(task: Task, argv: Sequence[str] | None = None, default_data: str | None = None) -> dict | None:
     """Run the command line; return the metrics (on the main process; None on the others)."""
     args = build_parser(task).parse_args(argv)
@@ -784,7 +779,7 @@ def evaluate(task: Task, args: argparse.Namespace, argv: list[str], default_data
     """Load, run every system, merge, score, report. Safe to rerun: finished examples are skipped."""
     from accelerate import PartialState
 
-    state = PartialState()
+    state = PartialState(cpu=cpu_only(args.device))
     # One process fetches (and prints) while the others wait and then find the cache complete.
     with state.main_process_first():
         resolve_defaults(args, default_data)
@@ -798,6 +793,8 @@ def evaluate(task: Task, args: argparse.Namespace, argv: list[str], default_data
 
     with state.main_process_first():
         examples = load_examples(task, args)
+    if not examples:
+        raise SystemExit("No examples to evaluate: the split is empty or --max_samples is 0.")
     models, tokenizers, encoder_decoder = _load_models(paths, args, device)
     ctx = _run_context(task, args, models, tokenizers, encoder_decoder, output_dir, state)
     with state.split_between_processes(examples) as mine:
@@ -810,17 +807,20 @@ def evaluate(task: Task, args: argparse.Namespace, argv: list[str], default_data
     state.wait_for_everyone()
     if not state.is_main_process:
         return None
-    return _finish(task, systems, examples, output_dir, settings)
+    return _finish(task, systems, examples, output_dir, settings, ctx.prompts)
 
 
 def _prepare_output_dir(output_dir: Path, settings: dict, args, argv, systems, device, state) -> None:
-    """Check resumability (every process), then the main process writes config.json."""
+    """The main process clears the folder or checks that it is resumable, and writes config.json.
+
+    Should the check fail, the launcher (torch.distributed.run) stops the waiting processes too.
+    """
     if state.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
         if args.overwrite_output_dir:
             clear_output_dir(output_dir)
         else:
-            check_output_dir(output_dir, fingerprint(settings), overwrite=False)
+            check_output_dir(output_dir, fingerprint(settings))
         config = {"fingerprint": fingerprint(settings), "settings": settings, "systems": systems,
                   "args": vars(args), "argv": argv, "environment": environment(device, state.num_processes),
                   "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
@@ -869,12 +869,13 @@ def _run_context(task, args, models, tokenizers, encoder_decoder, output_dir, st
     )
 
 
-def _finish(task: Task, systems: list[str], examples: list[Example], output_dir: Path, settings: dict) -> dict:
+def _finish(task: Task, systems: list[str], examples: list[Example], output_dir: Path, settings: dict,
+            prompts: PromptBuilder) -> dict:
     """metrics.json from the merged predictions, and the report."""
     references = [e.reference for e in examples]
     per_system = {}
     for system in systems:
-        records = merge_predictions(output_dir, system, examples)
+        records = ordered_records(output_dir, system, examples)
         if len(records) != len(examples):
             raise RuntimeError(f"{system}: {len(records)} predictions for {len(examples)} examples in {output_dir}.")
         per_system[system] = system_metrics(task, records, references)
@@ -885,6 +886,8 @@ def _finish(task: Task, systems: list[str], examples: list[Example], output_dir:
         "fingerprint": fingerprint(settings),
         "models": settings["models"],
         "thresholds": settings["thresholds"],
+        # As resolved for the tokenizer, where config.json has the options as given.
+        "prompt": {"template": prompts.template, "prefix": prompts.prefix},
         "systems": per_system,
         "comparison": comparison(task, per_system),
     }

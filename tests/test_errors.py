@@ -145,3 +145,16 @@ def test_models_in_different_dtypes_work(inputs):
     small = small.to(torch.bfloat16)
     out = BiLDGenerator(small, large, 0.3, 0.0, 4).generate(**inputs, max_new_tokens=10)
     assert torch.equal(out, large.generate(**inputs, do_sample=False, max_new_tokens=10))
+
+
+def test_from_pretrained_loads_the_right_auto_class(tmp_path):
+    for arch in ("qwen2", "bart"):
+        small, large = tiny_pair(arch, "agree")
+        small.save_pretrained(tmp_path / f"{arch}-small")
+        large.save_pretrained(tmp_path / f"{arch}-large")
+        gen = BiLDGenerator.from_pretrained(str(tmp_path / f"{arch}-small"), str(tmp_path / f"{arch}-large"),
+                                            fallback_threshold=0.0, rollback_threshold=0.0, dtype=torch.float32)
+        assert type(gen.small) is type(small) and type(gen.large) is type(large)
+        assert gen.config.fallback_threshold == 0.0 and gen.config.rollback_threshold == 0.0
+        inputs = batch_inputs(prompts(1, seed=1), arch == "bart")
+        assert torch.equal(gen.generate(**inputs, max_new_tokens=6), large.generate(**inputs, do_sample=False, max_new_tokens=6))

@@ -1,0 +1,265 @@
+"""The example scripts' `main(argv)` end to end, on tiny models saved to a temporary folder."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import sacrebleu
+from rouge_score import rouge_scorer
+
+from _example_fixtures import SUMMARIZATION_SAMPLE, TRANSLATION_SAMPLE, save_pair, write_lines
+from bild import BiLDGenerator, evaluation
+
+ROOT = Path(__file__).resolve().parent.parent
+N_TRANSLATION = 5  # odd, so that the last batch of 2 is a partial one
+
+
+def _load_script(name: str):
+    """Import examples/<name>.py as a module, as a user running it would get it."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "examples" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+translation = _load_script("run_bild_translation")
+summarization = _load_script("run_bild_summarization")
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("examples")
+
+
+@pytest.fixture(scope="module")
+def decoder_pair(folder):
+    return save_pair(folder, "decoder")
+
+
+@pytest.fixture(scope="module")
+def seq2seq_pair(folder):
+    return save_pair(folder, "seq2seq")
+
+
+@pytest.fixture(scope="module")
+def de_en(folder) -> Path:
+    return write_lines(folder / "de-en.jsonl", TRANSLATION_SAMPLE, N_TRANSLATION)
+
+
+def translation_args(pair, data: Path, output_dir: Path, *extra: str) -> list[str]:
+    small, large = pair
+    return ["--model", "bild", "--small", small, "--large", large, "--test_file", str(data),
+            "--max_new_tokens", "8", "--batch_size", "2", "--output_dir", str(output_dir), *extra]
+
+
+@pytest.fixture(scope="module")
+def compared(decoder_pair, de_en, folder):
+    """One uninterrupted run with every baseline; several tests read its files."""
+    out = folder / "compared"
+    result = translation.main(translation_args(decoder_pair, de_en, out, "--compare", "large,small,assisted"))
+    return out, result
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_translation_writes_predictions_metrics_and_config(compared, de_en, decoder_pair):
+    out, result = compared
+    rows = read_jsonl(de_en)
+    references = [r["translation"]["en"] for r in rows]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "config.json", "metrics.json", "predictions_assisted.jsonl", "predictions_bild.jsonl",
+        "predictions_large.jsonl", "predictions_small.jsonl",
+    ]
+    assert json.loads((out / "metrics.json").read_text()) == json.loads(json.dumps(result))
+    for system in ("bild", "large", "small", "assisted"):
+        records = read_jsonl(out / f"predictions_{system}.jsonl")
+        assert [r["id"] for r in records] == [r["id"] for r in rows]
+        predictions = [r["prediction"] for r in records]
+        assert all(predictions) and all(0 < r["new_tokens"] <= 8 for r in records)
+        m = result["systems"][system]
+        assert m["quality"]["bleu"] == pytest.approx(sacrebleu.corpus_bleu(predictions, [references]).score)
+        assert m["quality"]["chrf"] == pytest.approx(sacrebleu.corpus_chrf(predictions, [references]).score)
+        assert m["total_latency_s"] == pytest.approx(sum(r["latency_s"] for r in records))
+        assert m["tokens_per_s"] == pytest.approx(sum(r["new_tokens"] for r in records) / m["total_latency_s"])
+    bild_records = read_jsonl(out / "predictions_bild.jsonl")
+    stats = result["systems"]["bild"]["bild_stats"]
+    assert stats["committed_tokens"] == sum(r["new_tokens"] for r in bild_records)
+    assert stats["accepted_drafts"] > 0  # the tiny pair agrees often, so drafting really happened
+
+    config = json.loads((out / "config.json").read_text())
+    assert all(config["environment"][k] for k in ("python", "bild", "torch", "transformers", "device"))
+    assert config["environment"]["cpu"] and config["environment"]["torch_threads"] >= 1
+    assert config["settings"]["models"] == {"small": decoder_pair[0], "large": decoder_pair[1]}
+    assert config["settings"]["thresholds"] == {"fallback_threshold": 0.6, "rollback_threshold": 2.0,
+                                                "max_small_steps": 10}
+    assert config["systems"] == ["bild", "large", "small", "assisted"]
+    assert "--compare" in config["argv"]
+
+
+def test_compare_reports_speedup_and_quality_delta(compared):
+    _, result = compared
+    systems, comparison = result["systems"], result["comparison"]
+    assert set(comparison) == {"large", "small", "assisted"}
+    for name, c in comparison.items():
+        assert c["speedup"] == pytest.approx(systems[name]["total_latency_s"] / systems["bild"]["total_latency_s"])
+        for key in ("bleu", "chrf"):
+            delta = systems["bild"]["quality"][key] - systems[name]["quality"][key]
+            assert c["quality_delta"][key] == pytest.approx(delta)
+
+
+def test_model_path_alone_is_a_plain_baseline(compared, decoder_pair, de_en, folder):
+    """`--model PATH` runs that model alone: the same predictions as the `large` system."""
+    out = folder / "model-alone"
+    result = translation.main(["--model", decoder_pair[1], "--test_file", str(de_en), "--max_new_tokens", "8",
+                               "--batch_size", "2", "--output_dir", str(out)])
+    assert list(result["systems"]) == ["model"] and result["comparison"] == {}
+    alone = [r["prediction"] for r in read_jsonl(out / "predictions_model.jsonl")]
+    assert alone == [r["prediction"] for r in read_jsonl(compared[0] / "predictions_large.jsonl")]
+
+
+@pytest.mark.parametrize("flags", [("--bild_fallback", "--bild_rollback"),
+                                   ("--bild_fallback_threshold", "--bild_rollback_threshold")])
+def test_threshold_zero_reaches_the_decoder_as_zero(flags, decoder_pair, de_en, tmp_path, monkeypatch):
+    """The paper's script turned 0 into the default with `or`; here 0 must stay 0."""
+    seen = []
+
+    class Spy(BiLDGenerator):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            seen.append(self.config)
+
+    monkeypatch.setattr(evaluation, "BiLDGenerator", Spy)
+    argv = translation_args(decoder_pair, de_en, tmp_path / "out", flags[0], "0", flags[1], "0",
+                            "--max_samples", "1", "--max_new_tokens", "2")
+    result = translation.main(argv)
+    assert [(c.fallback_threshold, c.rollback_threshold) for c in seen] == [(0.0, 0.0)]
+    assert result["thresholds"]["fallback_threshold"] == 0.0 and result["thresholds"]["rollback_threshold"] == 0.0
+
+
+def test_resume_after_interrupt_gives_identical_predictions(compared, decoder_pair, de_en, tmp_path, monkeypatch):
+    """Ctrl-C after one batch, then a kill in the middle of a line: the rerun completes the same predictions."""
+    out = tmp_path / "resumed"
+    argv = translation_args(decoder_pair, de_en, out, "--compare", "large")
+    original, calls = evaluation._generate_batch, []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(evaluation, "_generate_batch", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        translation.main(argv)
+    monkeypatch.setattr(evaluation, "_generate_batch", original)
+    bild_file = out / "predictions_bild.jsonl"
+    assert [r["id"] for r in read_jsonl(bild_file)] == ["sample-0", "sample-1"]
+    with open(bild_file, "a") as handle:  # what a kill during a write leaves behind
+        handle.write('{"id": "sample-2", "predic')
+
+    result = translation.main(argv)
+    for system in ("bild", "large"):
+        resumed = read_jsonl(out / f"predictions_{system}.jsonl")
+        expected = read_jsonl(compared[0] / f"predictions_{system}.jsonl")
+        assert [r["id"] for r in resumed] == [r["id"] for r in expected]  # complete, in order, no duplicates
+        assert [r["prediction"] for r in resumed] == [r["prediction"] for r in expected]
+        assert result["systems"][system]["quality"] == compared[1]["systems"][system]["quality"]
+
+
+def test_rerun_of_a_finished_run_generates_nothing(compared, decoder_pair, de_en, monkeypatch):
+    out, result = compared
+
+    def fail(*args, **kwargs):
+        raise AssertionError("a finished example was generated again")
+
+    monkeypatch.setattr(evaluation, "_generate_batch", fail)
+    monkeypatch.setattr(evaluation, "_warm_up", fail)
+    again = translation.main(translation_args(decoder_pair, de_en, out, "--compare", "large,small,assisted"))
+    assert again["systems"] == result["systems"]
+
+
+def test_resuming_with_other_settings_is_refused(decoder_pair, de_en, tmp_path):
+    out = tmp_path / "out"
+    base = translation_args(decoder_pair, de_en, out, "--max_samples", "1", "--max_new_tokens", "2")
+    translation.main(base)
+    with pytest.raises(SystemExit, match="other settings"):
+        translation.main([*base, "--bild_rollback", "5"])
+    result = translation.main([*base, "--bild_rollback", "5", "--overwrite_output_dir"])
+    assert result["thresholds"]["rollback_threshold"] == 5.0
+
+
+def test_default_job_fetches_the_pair_and_compares_with_large(decoder_pair, tmp_path, monkeypatch):
+    """No models and no data: the fetched pair on the shipped sample, large as baseline, under runs/."""
+    fetched = []
+
+    def fake_fetch_pair(alias):
+        fetched.append(alias)
+        return tuple(Path(p) for p in decoder_pair)
+
+    monkeypatch.setattr(evaluation.fetch, "fetch_pair", fake_fetch_pair)
+    monkeypatch.chdir(tmp_path)
+    result = translation.main(["--max_samples", "2", "--max_new_tokens", "2"])
+    assert fetched == ["qwen2.5-coder"]
+    assert list(result["systems"]) == ["bild", "large"] and set(result["comparison"]) == {"large"}
+    assert Path(result["output_dir"]).parent == Path("runs")
+    config = json.loads((tmp_path / result["output_dir"] / "config.json").read_text())
+    assert config["settings"]["data"]["files"] == {"test": str(TRANSLATION_SAMPLE)}
+    assert config["settings"]["prompt"]["template"] is None  # resolved per tokenizer:
+    assert result["prompt"] == {"template": "chat", "prefix": "Translate the following German text to English. "
+                                                              "Reply with the translation only.\n\n"}
+
+
+def test_summarization_seq2seq_with_prefix_and_rouge(seq2seq_pair, folder, tmp_path):
+    data = write_lines(folder / "summ.jsonl", SUMMARIZATION_SAMPLE, 4)
+    small, large = seq2seq_pair
+    result = summarization.main(["--small", small, "--large", large, "--test_file", str(data),
+                                 "--source_prefix", "summarize: ", "--max_new_tokens", "8", "--compare", "small",
+                                 "--output_dir", str(tmp_path / "out")])
+    references = [r["summary"] for r in read_jsonl(data)]
+    scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL", "rougeLsum"], use_stemmer=True)
+    for system in ("bild", "small"):
+        predictions = [r["prediction"] for r in read_jsonl(tmp_path / "out" / f"predictions_{system}.jsonl")]
+        assert all(predictions)
+        scores = [scorer.score(ref, pred) for ref, pred in zip(references, predictions)]
+        for key, value in result["systems"][system]["quality"].items():
+            assert value == pytest.approx(100 * sum(s[key].fmeasure for s in scores) / len(scores))
+    assert result["comparison"]["small"]["quality_delta"].keys() == {"rouge1", "rouge2", "rougeL", "rougeLsum"}
+    assert "bild_stats" in result["systems"]["bild"] and "bild_stats" not in result["systems"]["small"]
+
+
+@pytest.mark.slow
+def test_accelerate_launch_with_two_processes(decoder_pair, de_en, tmp_path):
+    """Two CPU processes split the examples; the merged predictions are those of one process, in order."""
+    launcher = shutil.which("accelerate", path=os.path.dirname(sys.executable)) or shutil.which("accelerate")
+    if launcher is None:
+        pytest.skip("accelerate's launcher is not installed")
+    single, multi = tmp_path / "single", tmp_path / "multi"
+    argv = translation_args(decoder_pair, de_en, multi, "--batch_size", "1", "--compare", "large")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+           "OMP_NUM_THREADS": "1"}
+    # `--cpu` would start one process (accelerate starts several CPU processes only through MPI);
+    # `--multi_gpu` starts them with torch.distributed.run, and bild makes them one gloo group on CPU.
+    subprocess.run([launcher, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+                    "--mixed_precision", "no", "--dynamo_backend", "no",
+                    str(ROOT / "examples" / "run_bild_translation.py"), *argv],
+                   check=True, env=env, timeout=240, cwd=tmp_path)
+    translation.main(translation_args(decoder_pair, de_en, single, "--batch_size", "1", "--compare", "large"))
+    assert sorted(p.name for p in multi.iterdir()) == [
+        "config.json", "metrics.json", "predictions_bild.jsonl", "predictions_large.jsonl"]
+    metrics = json.loads((multi / "metrics.json").read_text())
+    assert metrics["examples"] == N_TRANSLATION
+    assert json.loads((multi / "config.json").read_text())["environment"]["num_processes"] == 2
+    for system in ("bild", "large"):
+        merged = read_jsonl(multi / f"predictions_{system}.jsonl")
+        expected = read_jsonl(single / f"predictions_{system}.jsonl")
+        assert [r["id"] for r in merged] == [r["id"] for r in expected]
+        assert [r["prediction"] for r in merged] == [r["prediction"] for r in expected]
