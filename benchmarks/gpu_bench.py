@@ -1,0 +1,137 @@
+"""GPU benchmark of BiLD against transformers' own decoding, on real-sized T5 shapes with random weights.
+
+    python benchmarks/gpu_bench.py                    # T5-small / T5-large shapes, on CUDA if present
+    python benchmarks/gpu_bench.py --tiny --device cpu   # the same logic at toy sizes (what the tests run)
+
+Random weights have no meaningful agreement, so acceptance is controlled instead (see the README of
+benchmarks/): `bild_best` never falls back and never rolls back (every draft accepted: the best case),
+`bild_worst` always falls back (every token from the large model: the worst case). Together they bracket
+BiLD's speed on this GPU; `estimate` combines the measured step costs with acceptance statistics measured
+elsewhere (--mean_tokens_per_large_call, --mean_drafts_per_round) and is labelled as an estimate.
+Systems: HF large greedy with the dynamic cache, HF large greedy with cache_implementation="static"
+(transformers compiles it), HF assisted generation, and BiLD eager and fast (static cache + compiled steps).
+Prints a table and writes JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+from transformers import T5Config, T5ForConditionalGeneration
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bild import ALWAYS_FALLBACK, BiLDGenerator  # noqa: E402
+from bild.env import environment  # noqa: E402
+
+SHAPES = {  # (d_model, d_ff, layers, heads, d_kv)
+    "t5-small": (512, 2048, 6, 8, 64),
+    "t5-large": (1024, 4096, 24, 16, 64),
+    "tiny-small": (32, 64, 1, 2, 16),
+    "tiny-large": (64, 128, 2, 4, 16),
+}
+
+
+def build(shape: str, device, dtype, seed: int):
+    d, ff, layers, heads, kv = SHAPES[shape]
+    torch.manual_seed(seed)
+    cfg = T5Config(vocab_size=32128, d_model=d, d_ff=ff, num_layers=layers, num_heads=heads, d_kv=kv,
+                   decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
+    model = T5ForConditionalGeneration(cfg).to(device, dtype).eval()
+    model.generation_config.eos_token_id = None  # random weights: fixed-length outputs, comparable across systems
+    return model
+
+
+def sync(device):
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(fn, inputs, repeats, device):
+    fn(inputs)  # warm-up (and compilation)
+    fn(inputs)
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        out = fn(inputs)
+    sync(device)
+    return (time.perf_counter() - start) / repeats, out
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--tiny", action="store_true")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--dtype", default="bfloat16")
+    p.add_argument("--new_tokens", type=int, default=64)
+    p.add_argument("--source_length", type=int, default=64)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--max_small_steps", type=int, default=10)
+    p.add_argument("--skip", default="", help="comma-separated systems to skip")
+    p.add_argument("--mean_tokens_per_large_call", type=float, default=None,
+                   help="acceptance measured elsewhere (e.g. the real pair on the CPU), for the estimate")
+    p.add_argument("--mean_drafts_per_round", type=float, default=None)
+    p.add_argument("--output", default="benchmarks/results/gpu_bench.json")
+    args = p.parse_args(argv)
+    dtype = getattr(torch, args.dtype)
+    small_shape, large_shape = ("tiny-small", "tiny-large") if args.tiny else ("t5-small", "t5-large")
+    small, large = build(small_shape, args.device, dtype, 0), build(large_shape, args.device, dtype, 1)
+    inputs = {"input_ids": torch.randint(2, 32000, (1, args.source_length), device=args.device)}
+    common = dict(max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, do_sample=False)
+    n = args.max_small_steps
+    systems = {
+        "hf_large_dynamic": lambda x: large.generate(**x, **common),
+        "hf_large_static_compiled": lambda x: large.generate(**x, **common, cache_implementation="static"),
+        "hf_small_dynamic": lambda x: small.generate(**x, **common),
+        "hf_assisted": lambda x: large.generate(**x, **common, assistant_model=small),
+    }
+    for fast in (False, True):
+        tag = "fast" if fast else "eager"
+        best = BiLDGenerator(small, large, 0.0, float("inf"), n, compile=fast)
+        worst = BiLDGenerator(small, large, ALWAYS_FALLBACK, 0.0, n, compile=fast)
+        systems[f"bild_{tag}_best"] = lambda x, g=best: g.generate(**x, **common, return_dict_in_generate=True)
+        systems[f"bild_{tag}_worst"] = lambda x, g=worst: g.generate(**x, **common, return_dict_in_generate=True)
+    skip = set(filter(None, args.skip.split(",")))
+    results = {}
+    for name, fn in systems.items():
+        if name in skip:
+            continue
+        seconds, out = timed(fn, inputs, args.repeats, args.device)
+        r = {"seconds": seconds, "ms_per_token": 1000 * seconds / args.new_tokens}
+        if getattr(out, "stats", None) is not None:
+            r["stats"] = out.stats.total()
+        results[name] = r
+        print(f"{name}: {r['ms_per_token']:.2f} ms/token", file=sys.stderr, flush=True)
+    base = results["hf_large_dynamic"]["seconds"]
+    static = results.get("hf_large_static_compiled", {}).get("seconds")
+    for r in results.values():
+        r["speedup_vs_large_dynamic"] = base / r["seconds"]
+        if static:
+            r["speedup_vs_large_static"] = static / r["seconds"]
+    estimate = None
+    worst = results.get("bild_fast_worst") or results.get("bild_eager_worst")
+    if args.mean_tokens_per_large_call and args.mean_drafts_per_round and worst and "hf_small_dynamic" in results:
+        # Per round: d small steps + one large pass (a large pass costs about one all-fallback step).
+        small_step = results["hf_small_dynamic"]["ms_per_token"]
+        verify = worst["ms_per_token"]
+        per_token = (args.mean_drafts_per_round * small_step + verify) / args.mean_tokens_per_large_call
+        estimate = {"label": "ESTIMATE from measured step costs and acceptance measured elsewhere",
+                    "ms_per_token": per_token, "speedup_vs_large_dynamic": results["hf_large_dynamic"]["ms_per_token"] / per_token}
+    print(f"{'system':<28}{'ms/token':>10}{'x dynamic':>11}{'x static':>10}")
+    for name, r in results.items():
+        print(f"{name:<28}{r['ms_per_token']:>10.2f}{r['speedup_vs_large_dynamic']:>11.2f}{r.get('speedup_vs_large_static', float('nan')):>10.2f}")
+    if estimate:
+        print(f"estimate (not measured): {estimate['ms_per_token']:.2f} ms/token, {estimate['speedup_vs_large_dynamic']:.2f}x")
+    report = {"command": " ".join(sys.argv), "environment": environment(), "args": vars(args), "shapes": [small_shape, large_shape],
+              "results": results, "estimate": estimate}
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.output).write_text(json.dumps(report, indent=2))
+    return report
+
+
+if __name__ == "__main__":
+    main()
