@@ -123,7 +123,8 @@ class ModelAdapter:
 
         n_logits = torch.where(rows, n_logits, 1)
         first = (chunk - n_logits).clamp(min=0)  # (B,) block offset of the first needed position
-        keep = T - int(first[rows].min()) if bool(rows.any()) else 1
+        # A compiled step keeps every position: a varying logits_to_keep would recompile it.
+        keep = T if width else (T - int(first[rows].min()) if bool(rows.any()) else 1)
 
         start = time.perf_counter()
         if self.sync and self.device.type == "cuda":
@@ -169,14 +170,15 @@ class DecoderOnlyAdapter(ModelAdapter):
     explicit position ids keep every row's positions what they would be alone."""
 
     def _forward(self, tokens, real, positions, keep):
-        mask = torch.cat([self.slot_valid, real], dim=1)
+        # Without holes (every cached slot valid, dummies only after the real tokens) the causal mask
+        # alone is exact: no mask lets attention take its fast path and keeps compiled shapes fixed.
+        holes = not bool(self.slot_valid.all()) or _has_gap(real)
         kwargs = {self.cache_kw: self.cache}
         if self.keeps_logits:
             kwargs["logits_to_keep"] = keep
         out = self.forward_fn(
             input_ids=tokens.to(self.device),
-            # An all-ones mask is dropped so attention can take its plain causal fast path.
-            attention_mask=None if bool(mask.all()) else mask.to(self.device, torch.long),
+            attention_mask=torch.cat([self.slot_valid, real], dim=1).to(self.device, torch.long) if holes else None,
             position_ids=positions.to(self.device),
             use_cache=True,
             **kwargs,
@@ -212,8 +214,7 @@ class EncoderDecoderAdapter(ModelAdapter):
 
     def _forward(self, tokens, real, positions, keep):
         # Padding dummies may only trail the real tokens: the decoder has no position ids to skip holes.
-        trailing_only = bool((real[:, :-1] | ~real[:, 1:]).all()) if real.shape[1] > 1 else True
-        if not (trailing_only and bool(self.slot_valid.all())):
+        if _has_gap(real) or not bool(self.slot_valid.all()):
             raise RuntimeError("bild: an encoder-decoder cache got a hole; this is a bug in the decode loop.")
         kwargs = {self.cache_kw: self.cache}
         if self.keeps_logits:
@@ -226,6 +227,11 @@ class EncoderDecoderAdapter(ModelAdapter):
             **kwargs,
         )
         return out.logits[:, -keep:]
+
+
+def _has_gap(real: torch.Tensor) -> bool:
+    """(B, T) bool: True if some row has a real token after a dummy (a hole, not just trailing padding)."""
+    return real.shape[1] > 1 and not bool((real[:, :-1] | ~real[:, 1:]).all())
 
 
 def encode(model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor | None):

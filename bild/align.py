@@ -1,0 +1,446 @@
+"""`bild align`: fine-tune the small model on the large model's greedy outputs, so that it drafts what the large writes.
+
+    bild align --small SMALL --large LARGE --task translation --train_file debian-de-en.train.jsonl \\
+        --max_samples 5000 --output_dir aligned-small
+    accelerate launch -m bild.cli align ...        # training (and generation) on several processes/GPUs
+
+BiLD is fast when the large model accepts the small model's drafts; a small model that imitates
+the large one (sequence-level knowledge distillation, as in the paper's aligned models) drafts
+more tokens the large model keeps. Three steps:
+
+1. The large model's greedy output ids for every input (batched, resumable, shown with progress),
+   appended to ``<output_dir>/align/predictions_large.jsonl``. With ``--teacher bild`` they come
+   from BiLD in lossless mode (rollback threshold 0), which is identical to large greedy and faster.
+2. Fine-tuning of the small model on (prompt, large output) pairs: a plain training loop under
+   ``accelerate`` (AdamW, a learning-rate schedule, gradient accumulation, gradient clipping), the
+   loss on the output tokens only (for decoder-only models the prompt is masked); optionally LoRA
+   through ``peft``, merged into the weights before saving.
+3. ``<output_dir>`` becomes an ordinary ``from_pretrained`` folder of the small model (in its own
+   dtype, with its tokenizer), plus ``align_report.json``: agreement before and after.
+
+Prompts are built exactly as ``bild sweep`` and the example scripts build them (same template,
+prefix and truncation options), so the small model learns the format it will draft in.
+
+Agreement (the same function before and after, on the same examples, in float32): feed the small
+model the prompt and the large model's output (teacher forcing); at each output position it agrees
+when its argmax next token is the large model's token there. ``token_agreement`` = agreeing
+positions / all output positions (the final eos included), pooled over examples;
+``sequence_agreement`` = share of examples where every position agrees, i.e. where the small
+model's own greedy output (without logits processors) is the large model's. Measured on a held-out
+slice (the last ``--eval_samples`` inputs, never trained on) and on as many training inputs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import math
+import sys
+import time
+from functools import partial
+from pathlib import Path
+
+import torch
+
+from . import evaluation
+from .config import BiLDConfig
+from .evaluation import Example, RunContext, Task
+from .options import (add_data_arguments, add_model_arguments, add_prompt_arguments, add_task_argument, choose_split,
+                      resolve_task)
+
+TEACHER = "large"  # the system name of the teacher outputs' file: predictions_large.jsonl
+IGNORE = -100  # label of positions without loss (transformers' convention)
+
+
+# ---------------------------------------------------------------------------------------------
+# Step 1: the large model's greedy outputs
+
+
+def teacher_record(example: Example, tokens: torch.Tensor, ctx: RunContext) -> dict:
+    """The output ids up to and including the first eos (what follows is padding), and their text."""
+    ids = tokens[: evaluation.generated_length(tokens, ctx.eos_ids)].tolist()
+    return {"id": example.id, "output_ids": ids,
+            "output": ctx.prompts.tokenizer.decode(ids, skip_special_tokens=True).strip()}
+
+
+def generate_teacher_outputs(generate: evaluation.GenerateFn, examples: list[Example], ctx: RunContext) -> None:
+    """Append the teacher records of this process's unfinished `examples`.
+
+    Batches are fixed by position and generated whole (as `evaluation.run_system` does), so a
+    resumed run pads exactly as an uninterrupted one.
+    """
+    from tqdm.auto import tqdm
+
+    done = evaluation.finished_records(ctx.output_dir, TEACHER)
+    pending = [b for b in evaluation.batches(examples, ctx.batch_size) if any(e.id not in done for e in b)]
+    todo = sum(e.id not in done for b in pending for e in b)
+    if not pending:
+        return
+    writer = evaluation.PredictionWriter(ctx.own_path(TEACHER))
+    try:
+        with tqdm(total=todo, desc="large outputs", unit="ex", disable=not ctx.show_progress) as bar:
+            for batch in pending:
+                rows, _ = generate(evaluation._inputs(batch, ctx), ctx.generate_kwargs)
+                records = [teacher_record(e, tokens, ctx) for e, tokens in zip(batch, rows) if e.id not in done]
+                writer.write(records)
+                bar.update(len(records))
+    finally:
+        writer.close()
+
+
+def teacher_outputs(task: Task, args: argparse.Namespace, examples: list[Example], align_dir: Path, state):
+    """id -> the large model's greedy output ids, for every example; and the prompts.
+
+    Every process generates its share into its own file; the main process merges them. The models
+    are loaded for the prompts (the same `RunContext` the example scripts build) and freed after.
+    """
+    roles = ("small", "large") if args.teacher == "bild" else ("large",)
+    paths = {"small": args.small, "large": args.large}
+    models, tokenizers, encoder_decoder = evaluation._load_models({r: paths[r] for r in roles}, args, state.device)
+    ctx = evaluation._run_context(task, args, models, tokenizers, encoder_decoder, align_dir, state)
+    # Rollback threshold 0 is lossless: BiLD's output is the large model's greedy output, token for token.
+    generate = evaluation.make_system(args.teacher, models, BiLDConfig(rollback_threshold=0.0), tokenizers)
+    with state.split_between_processes(examples) as mine:
+        generate_teacher_outputs(generate, mine, ctx)
+    del generate, models
+    gc.collect()
+    state.wait_for_everyone()
+    if state.is_main_process:
+        evaluation.merge_predictions(align_dir, TEACHER, examples)
+    state.wait_for_everyone()
+    done = evaluation.finished_records(align_dir, TEACHER)
+    return {e.id: done[e.id]["output_ids"] for e in examples}, ctx.prompts
+
+
+# ---------------------------------------------------------------------------------------------
+# Training data and agreement
+
+
+def example_features(prompt_ids: list[int], output_ids: list[int], encoder_decoder: bool) -> dict[str, list[int]]:
+    """Model inputs and labels of one (prompt, large output) pair; loss only on the output.
+
+    Encoder-decoder: the prompt goes to the encoder and the model shifts the labels into decoder
+    inputs. Decoder-only: one sequence prompt + output, with the prompt's labels ignored.
+    """
+    if encoder_decoder:
+        return {"input_ids": prompt_ids, "labels": output_ids}
+    return {"input_ids": prompt_ids + output_ids, "labels": [IGNORE] * len(prompt_ids) + output_ids}
+
+
+def build_features(examples: list[Example], outputs: dict[str, list[int]], prompts,
+                   encoder_decoder: bool) -> list[dict]:
+    """Features of `examples`, their prompts tokenized as the generation batches tokenize them."""
+    return [example_features(prompts.batch([e.source])["input_ids"][0].tolist(), outputs[e.id], encoder_decoder)
+            for e in examples]
+
+
+def collate(features: list[dict], pad_token_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded batch: input_ids with the pad token (masked out), labels with IGNORE."""
+    rows = len(features)
+    inputs = max(len(f["input_ids"]) for f in features)
+    labels = max(len(f["labels"]) for f in features)
+    batch = {"input_ids": torch.full((rows, inputs), pad_token_id, dtype=torch.long),
+             "attention_mask": torch.zeros((rows, inputs), dtype=torch.long),
+             "labels": torch.full((rows, labels), IGNORE, dtype=torch.long)}
+    for i, f in enumerate(features):
+        batch["input_ids"][i, : len(f["input_ids"])] = torch.tensor(f["input_ids"])
+        batch["attention_mask"][i, : len(f["input_ids"])] = 1
+        batch["labels"][i, : len(f["labels"])] = torch.tensor(f["labels"])
+    return batch
+
+
+def next_token_predictions(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(argmax next token, label) at every position, aligned: both (B, T), IGNORE where no label."""
+    if model.config.is_encoder_decoder:
+        logits = model(**batch).logits  # (B, T_out, V): position t predicts labels[:, t]
+        return logits.argmax(-1), batch["labels"]
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits  # (B, T, V)
+    # Position t predicts token t + 1.
+    return logits[:, :-1].argmax(-1), batch["labels"][:, 1:]
+
+
+@torch.no_grad()
+def agreement(model, features: list[dict], pad_token_id: int, batch_size: int) -> dict:
+    """Teacher-forced agreement of `model` with the large model's outputs in `features` (module docstring)."""
+    was_training = model.training
+    model.eval()
+    hits = positions = whole = 0
+    for start in range(0, len(features), batch_size):
+        batch = {k: v.to(model.device) for k, v in collate(features[start: start + batch_size], pad_token_id).items()}
+        predicted, target = next_token_predictions(model, batch)
+        scored = target != IGNORE
+        agree = (predicted == target) & scored
+        hits += int(agree.sum())
+        positions += int(scored.sum())
+        whole += int((agree | ~scored).all(dim=1).sum())
+    model.train(was_training)
+    return {"token_agreement": hits / max(positions, 1), "sequence_agreement": whole / max(len(features), 1),
+            "positions": positions, "examples": len(features)}
+
+
+def held_out_split(examples: list[Example], eval_samples: int | None) -> tuple[list[Example], list[Example]]:
+    """(training inputs, held-out inputs): the last `eval_samples` (default 10%, at most 200) are held out."""
+    n = eval_samples if eval_samples is not None else min(200, max(1, len(examples) // 10))
+    if not 1 <= n < len(examples):
+        raise SystemExit(f"--eval_samples must be between 1 and {len(examples) - 1} for {len(examples)} inputs "
+                         f"(one or more must remain to train on); got {n}.")
+    return examples[:-n], examples[-n:]
+
+
+# ---------------------------------------------------------------------------------------------
+# Step 2: fine-tuning
+
+
+def load_student(args: argparse.Namespace, encoder_decoder: bool):
+    """The small model in float32 (mixed precision, if any, comes from accelerate), LoRA-wrapped if asked."""
+    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
+
+    auto = AutoModelForSeq2SeqLM if encoder_decoder else AutoModelForCausalLM
+    model = auto.from_pretrained(args.small, dtype=torch.float32)
+    if not args.lora_r:
+        return model
+    try:
+        from peft import LoraConfig, TaskType, get_peft_model
+    except ImportError:
+        raise SystemExit("--lora_r needs peft: pip install 'bild[lora]' (or pip install peft).") from None
+    targets = args.lora_target_modules if args.lora_target_modules == "all-linear" else \
+        args.lora_target_modules.split(",")
+    config = LoraConfig(task_type=TaskType.SEQ_2_SEQ_LM if encoder_decoder else TaskType.CAUSAL_LM, r=args.lora_r,
+                        lora_alpha=args.lora_alpha or 2 * args.lora_r, lora_dropout=args.lora_dropout,
+                        target_modules=targets)
+    return get_peft_model(model, config)
+
+
+def fine_tune(model, features: list[dict], pad_token_id: int, args: argparse.Namespace, accelerator):
+    """Train on `features` for --num_train_epochs; return the unwrapped model and per-epoch mean losses."""
+    from torch.utils.data import DataLoader
+    from tqdm.auto import tqdm
+    from transformers import get_scheduler
+
+    loader = DataLoader(features, batch_size=args.per_device_train_batch_size, shuffle=True,
+                        collate_fn=partial(collate, pad_token_id=pad_token_id),
+                        generator=torch.Generator().manual_seed(args.seed))
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=args.learning_rate,
+                                  weight_decay=args.weight_decay)
+    # Counted in single-process updates: accelerate steps a prepared scheduler once per process.
+    total_updates = math.ceil(len(loader) / args.gradient_accumulation_steps) * args.num_train_epochs
+    scheduler = get_scheduler(args.lr_scheduler_type, optimizer, num_warmup_steps=args.warmup_steps,
+                              num_training_steps=total_updates)
+    model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+    model.train()
+    losses = []
+    updates = math.ceil(len(loader) / args.gradient_accumulation_steps) * args.num_train_epochs
+    with tqdm(total=updates, desc="fine-tune", unit="step", disable=not accelerator.is_main_process) as bar:
+        for _ in range(args.num_train_epochs):
+            epoch_loss, batches = 0.0, 0
+            for batch in loader:
+                with accelerator.accumulate(model):
+                    loss = model(**batch).loss
+                    accelerator.backward(loss)
+                    if accelerator.sync_gradients and args.max_grad_norm > 0:
+                        accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+                    optimizer.step()
+                    scheduler.step()
+                    optimizer.zero_grad()
+                epoch_loss, batches = epoch_loss + loss.item(), batches + 1
+                if accelerator.sync_gradients:
+                    bar.update()
+                    bar.set_postfix(loss=f"{loss.item():.3f}")
+            mean = accelerator.gather(torch.tensor([epoch_loss / max(batches, 1)], device=accelerator.device))
+            losses.append(float(mean.mean()))
+    accelerator.wait_for_everyone()
+    model = accelerator.unwrap_model(model)
+    if args.lora_r:
+        model = model.merge_and_unload()  # an ordinary model again: from_pretrained needs no peft
+    return model, losses
+
+
+# ---------------------------------------------------------------------------------------------
+# Step 3: save and report
+
+
+def save_student(model, args: argparse.Namespace, output_dir: Path) -> None:
+    """The model in the small model's own stored dtype, and the small model's tokenizer (else the large's)."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    stored = getattr(AutoConfig.from_pretrained(args.small), "dtype", None)
+    if isinstance(stored, str):
+        stored = getattr(torch, stored)
+    model.to(stored or torch.float32).save_pretrained(output_dir)
+    for path in (args.small, args.large):
+        try:
+            AutoTokenizer.from_pretrained(path).save_pretrained(output_dir)
+            return
+        except (OSError, ValueError):
+            continue
+
+
+def teacher_settings(task: Task, args: argparse.Namespace, device) -> dict:
+    """What changes the large model's outputs: the example scripts' settings, without thresholds."""
+    fixed = argparse.Namespace(**vars(args), fallback_threshold=None, rollback_threshold=None, max_small_steps=None)
+    settings = evaluation.generation_settings(task, fixed, {"large": args.large}, device, 1)
+    del settings["thresholds"], settings["num_processes"]  # lossless BiLD and any split give the same outputs
+    return settings
+
+
+def prepare_align_dir(align_dir: Path, settings: dict, args: argparse.Namespace, state) -> None:
+    """The main process clears or checks the teacher outputs' folder and writes its config.json."""
+    if state.is_main_process:
+        align_dir.mkdir(parents=True, exist_ok=True)
+        expected = evaluation.fingerprint(settings)
+        if args.overwrite_output_dir:
+            evaluation.clear_output_dir(align_dir)
+        else:
+            evaluation.check_output_dir(align_dir, expected)
+        config = {"fingerprint": expected, "settings": settings,
+                  "args": {k: v for k, v in vars(args).items() if k != "func"}, "argv": sys.argv[1:],
+                  "environment": evaluation.environment(state.device, state.num_processes),
+                  "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        evaluation.atomic_write_json(align_dir / "config.json", config)
+    state.wait_for_everyone()
+
+
+def run_align(args: argparse.Namespace) -> dict | None:
+    """Generate, fine-tune, save, report; returns the report on the main process (None on the others)."""
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    task = resolve_task(args)
+    choose_split(args, ("train", "validation", "test"))
+    if args.device not in ("auto", "cpu"):
+        raise SystemExit("bild align places its processes with accelerate: --device is auto or cpu "
+                         "(choose GPUs with CUDA_VISIBLE_DEVICES or accelerate launch).")
+    output_dir = Path(args.output_dir)
+    if output_dir.resolve() == Path(args.small).resolve():
+        raise SystemExit("--output_dir must not be the small model's folder: its weights are read before training.")
+    accelerator = Accelerator(gradient_accumulation_steps=args.gradient_accumulation_steps,
+                              cpu=evaluation.cpu_only(args.device))
+    align_dir = output_dir / "align"
+    prepare_align_dir(align_dir, teacher_settings(task, args, accelerator.device), args, accelerator)
+    with accelerator.main_process_first():
+        examples = evaluation.load_examples(task, args)
+    train_examples, held_out = held_out_split(examples, args.eval_samples)
+
+    outputs, prompts = teacher_outputs(task, args, examples, align_dir, accelerator)
+    encoder_decoder = evaluation.is_encoder_decoder(args.small)
+    pad_token_id = prompts.tokenizer.pad_token_id
+    features = build_features(train_examples, outputs, prompts, encoder_decoder)
+    slices = {"held_out": build_features(held_out, outputs, prompts, encoder_decoder),
+              "train": features[: len(held_out)]}
+
+    set_seed(args.seed)
+    model = load_student(args, encoder_decoder).to(accelerator.device)
+    measure = partial(agreement, pad_token_id=pad_token_id, batch_size=args.per_device_eval_batch_size)
+    before = {name: measure(model, part) for name, part in slices.items()} if accelerator.is_main_process else None
+    started = time.perf_counter()
+    model, losses = fine_tune(model, features, pad_token_id, args, accelerator)
+    seconds = time.perf_counter() - started
+    if not accelerator.is_main_process:
+        accelerator.wait_for_everyone()
+        return None
+    after = {name: measure(model, part) for name, part in slices.items()}
+    save_student(model, args, output_dir)
+    report = {
+        "task": task.name, "small": args.small, "large": args.large, "output_dir": str(output_dir),
+        "teacher": "large greedy" if args.teacher == "large" else "BiLD lossless (= large greedy)",
+        "examples": {"train": len(train_examples), "held_out": len(held_out)},
+        "agreement": {name: {"before": before[name], "after": after[name]} for name in slices},
+        "agreement_definition": "teacher-forced: share of the large model's output positions where the small "
+                                "model's argmax next token is the large model's token (token_agreement), and "
+                                "share of examples where every position agrees (sequence_agreement)",
+        "training": {**training_settings(args, accelerator.num_processes), "epoch_losses": losses,
+                     "seconds": seconds},
+        "environment": evaluation.environment(accelerator.device, accelerator.num_processes),
+    }
+    evaluation.atomic_write_json(output_dir / "align_report.json", report)
+    print_report(report)
+    accelerator.wait_for_everyone()
+    return report
+
+
+def training_settings(args: argparse.Namespace, num_processes: int) -> dict:
+    lora = {"r": args.lora_r, "alpha": args.lora_alpha or 2 * args.lora_r, "dropout": args.lora_dropout,
+            "target_modules": args.lora_target_modules}
+    return {"learning_rate": args.learning_rate, "num_train_epochs": args.num_train_epochs,
+            "per_device_train_batch_size": args.per_device_train_batch_size,
+            "gradient_accumulation_steps": args.gradient_accumulation_steps, "num_processes": num_processes,
+            "lr_scheduler_type": args.lr_scheduler_type, "warmup_steps": args.warmup_steps,
+            "weight_decay": args.weight_decay, "max_grad_norm": args.max_grad_norm,
+            "lora": lora if args.lora_r else None}
+
+
+def print_report(report: dict, console=None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console(width=None if sys.stdout.isatty() else 120)
+    table = Table(title=f"Agreement with the large model's greedy tokens ({report['teacher']})")
+    for column in ("slice", "examples", "token before", "token after", "sequence before", "sequence after"):
+        table.add_column(column, justify="left" if column == "slice" else "right")
+    for name, a in report["agreement"].items():
+        table.add_row(name, str(a["before"]["examples"]),
+                      *(f"{a[when][key]:.3f}" for key in ("token_agreement", "sequence_agreement")
+                        for when in ("before", "after")))
+    console.print(table)
+    console.print(f"Aligned small model (from_pretrained) in {report['output_dir']}; report in align_report.json")
+
+
+def align_command_parser(subparsers=None) -> argparse.ArgumentParser:
+    description = ("Fine-tune the small model on the large model's greedy outputs (sequence-level distillation), so "
+                   "that BiLD accepts more of its drafts; report teacher-forced agreement before and after.")
+    if subparsers is not None:
+        parser = subparsers.add_parser("align", help="fine-tune the small model to agree with the large",
+                                       description=description)
+    else:
+        parser = argparse.ArgumentParser("bild align", description=description)
+    add_task_argument(parser)
+    models = add_model_arguments(parser, device_map=False, device_help="auto (accelerate's choice, one device per "
+                                 "process) or cpu; pick GPUs with CUDA_VISIBLE_DEVICES or accelerate launch")
+    # Each process holds whole models on its own device: accelerate's data parallelism.
+    parser.set_defaults(device_map=None)
+    models.add_argument("--teacher", choices=("large", "bild"), default="large",
+                        help="produce the large model's greedy outputs with it alone, or with lossless BiLD "
+                             "(rollback 0: identical outputs, usually faster)")
+    data = add_data_arguments(parser, split_help="split of the training inputs (default: train, else validation, "
+                                                 "else test)")
+    data.add_argument("--eval_samples", type=int, default=None,
+                        help="hold out the last N inputs to measure agreement (default: 10%%, at most 200)")
+    add_prompt_arguments(parser, batch_help="batch size for generating the large model's outputs")
+    train = parser.add_argument_group("training")
+    train.add_argument("--learning_rate", type=float, default=5e-5)
+    train.add_argument("--num_train_epochs", type=int, default=3)
+    train.add_argument("--per_device_train_batch_size", type=int, default=8)
+    train.add_argument("--per_device_eval_batch_size", type=int, default=8, help="batch size of the agreement")
+    train.add_argument("--gradient_accumulation_steps", type=int, default=1)
+    train.add_argument("--weight_decay", type=float, default=0.0)
+    train.add_argument("--warmup_steps", type=int, default=0)
+    train.add_argument("--lr_scheduler_type", default="linear", choices=("linear", "cosine", "constant",
+                                                                          "constant_with_warmup"))
+    train.add_argument("--max_grad_norm", type=float, default=1.0, help="clip gradients to this norm (0: no clipping)")
+    lora = parser.add_argument_group("LoRA (needs peft)")
+    lora.add_argument("--lora_r", type=int, default=0, help="LoRA rank; 0 (default) fine-tunes every weight")
+    lora.add_argument("--lora_alpha", type=int, default=None, help="default: 2 x rank")
+    lora.add_argument("--lora_dropout", type=float, default=0.05)
+    lora.add_argument("--lora_target_modules", default="all-linear",
+                      help="comma-separated module names, or all-linear (default)")
+    out = parser.add_argument_group("output")
+    out.add_argument("--output_dir", required=True,
+                     help="the aligned small model (from_pretrained folder), its report, and align/ with the large "
+                          "model's outputs; rerun with the same folder to reuse them")
+    out.add_argument("--overwrite_output_dir", action="store_true", help="discard the large model's outputs in it")
+    if subparsers is not None:
+        parser.set_defaults(func=align_command)
+    return parser
+
+
+def align_command(args: argparse.Namespace) -> int:
+    run_align(args)
+    return 0
+
+
+def main(argv=None) -> int:
+    return align_command(align_command_parser().parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
