@@ -306,8 +306,9 @@ def _fast_path_options(static: bool, compile: bool, cfg: BiLDConfig, max_length:
             "that a fixed-size cache cannot bound). Generate rows one at a time, or use the default dynamic cache."
         )
     window = cfg.max_small_steps + 1
-    # Slots: the committed sequence, one draft window, and the padding of a fixed-width step.
-    length = max_length + 2 * window
+    # Slots: the committed sequence, one draft window, and the padding of a fixed-width step; rounded
+    # up to a multiple of 256 so prompts of different lengths share one cache shape (and compiled graph).
+    length = -(-(max_length + 2 * window) // 256) * 256
 
     def pad_to(width: int) -> int | None:
         return None if width > window else (1 if width == 1 else window)
