@@ -36,9 +36,12 @@ def parse_args(argv=None):
     p.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--lossy", default="0.6,2.0", help="fallback,rollback of the lossy BiLD setting; repeat with ';'")
+    p.add_argument("--lossless_fallback", type=float, default=0.6,
+                   help="fallback threshold of lossless BiLD (rollback 0): output is large greedy's whatever it is")
     p.add_argument("--max_small_steps", type=int, default=10)
     p.add_argument("--systems", default="large,small,assisted,bild_lossless,bild_lossy")
-    p.add_argument("--num_assistant_tokens", type=int, default=None, help="assisted generation's draft length (default: its own)")
+    p.add_argument("--num_assistant_tokens", type=int, default=None,
+                   help="also run assisted generation with this fixed draft length (system assisted_tuned)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--output", default="benchmarks/results/bench_decode.json")
     return p.parse_args(argv)
@@ -62,10 +65,12 @@ def load(path, device, dtype):
 
 
 def load_prompts(args, tokenizer, device):
+    """Tokenized prompts, and the English references when the file has them (else None)."""
     if args.prompts is None:
         gen = torch.Generator().manual_seed(0)
-        return [{"input_ids": torch.randint(2, 2048, (1, 16), generator=gen).to(device)} for _ in range(args.max_samples)]
+        return [{"input_ids": torch.randint(2, 2048, (1, 16), generator=gen).to(device)} for _ in range(args.max_samples)], None
     rows = [json.loads(line) for line in open(args.prompts) if line.strip()][: args.max_samples]
+    references = [row["translation"]["en"] for row in rows] if all("translation" in row for row in rows) else None
     out = []
     for row in rows:
         text = row["prompt"] if "prompt" in row else TRANSLATE.format(text=row["translation"]["de"])
@@ -75,7 +80,7 @@ def load_prompts(args, tokenizer, device):
         else:
             enc = tokenizer(text, return_tensors="pt")
         out.append({k: v.to(device) for k, v in enc.items()})
-    return out
+    return out, references
 
 
 def sync(device):
@@ -91,11 +96,10 @@ def systems(args, small, large, tokenizer):
         "large": lambda x: large.generate(**x, **common),
         "small": lambda x: small.generate(**x, **common),
     }
-    assisted = dict(common)
+    table["assisted"] = lambda x: large.generate(**x, assistant_model=small, **common)
     if args.num_assistant_tokens is not None:
-        small.generation_config.num_assistant_tokens = args.num_assistant_tokens
-    table["assisted"] = lambda x: large.generate(**x, assistant_model=small, **assisted)
-    lossless = BiLDGenerator(small, large, 0.0, 0.0, args.max_small_steps, tokenizer=tokenizer)
+        table["assisted_tuned"] = lambda x: _assisted_constant(large, small, x, args.num_assistant_tokens, common)
+    lossless = BiLDGenerator(small, large, args.lossless_fallback, 0.0, args.max_small_steps, tokenizer=tokenizer)
     table["bild_lossless"] = lambda x: lossless.generate(**x, **common, return_dict_in_generate=True, bild_profile=True)
     for i, setting in enumerate(args.lossy.split(";")):
         fb, rb = (float(v) for v in setting.split(","))
@@ -103,7 +107,19 @@ def systems(args, small, large, tokenizer):
         name = "bild_lossy" if i == 0 else f"bild_lossy_{fb}_{rb}"
         table[name] = lambda x, gen=gen: gen.generate(**x, **common, return_dict_in_generate=True, bild_profile=True)
     wanted = args.systems.split(",")
-    return {k: v for k, v in table.items() if k in wanted or (k.startswith("bild_lossy") and "bild_lossy" in wanted)}
+    return {k: v for k, v in table.items()
+            if k in wanted or k == "assisted_tuned" or (k.startswith("bild_lossy") and "bild_lossy" in wanted)}
+
+
+def _assisted_constant(large, small, inputs, n, common):
+    """Assisted generation with a fixed draft length n (transformers reads it from the assistant's config)."""
+    config = small.generation_config
+    saved = config.num_assistant_tokens, config.num_assistant_tokens_schedule
+    config.num_assistant_tokens, config.num_assistant_tokens_schedule = n, "constant"
+    try:
+        return large.generate(**inputs, assistant_model=small, **common)
+    finally:
+        config.num_assistant_tokens, config.num_assistant_tokens_schedule = saved
 
 
 def run_system(fn, prompts, device):
@@ -142,16 +158,23 @@ def main(argv=None):
         tokenizer = AutoTokenizer.from_pretrained(args.large)
     else:
         small, large, tokenizer = tiny_pair(args.device, dtype)
-    prompts = load_prompts(args, tokenizer, args.device)
+    prompts, references = load_prompts(args, tokenizer, args.device)
     results, outputs = {}, {}
     for name, fn in systems(args, small, large, tokenizer).items():
         results[name], outputs[name] = run_system(fn, prompts, args.device)
         print(f"{name}: {results[name]['seconds']:.1f}s", file=sys.stderr, flush=True)
+    if references is not None:
+        from bild.metrics import translation_metrics
+
+        for name, r in results.items():
+            texts = [tokenizer.decode(t, skip_special_tokens=True).strip() for t in outputs[name]]
+            r["bleu"] = translation_metrics(texts, references)["bleu"]
     base = results.get("large")
     for name, r in results.items():
         if base:
             r["speedup_vs_large"] = base["seconds"] / r["seconds"]
             r["identical_to_large"] = outputs[name] == outputs["large"]
+            r["examples_identical_to_large"] = sum(a == b for a, b in zip(outputs[name], outputs["large"]))
     print_table(results)
     report = {"command": " ".join(sys.argv), "environment": environment(), "args": vars(args), "device": args.device,
               "results": results}
@@ -162,12 +185,12 @@ def main(argv=None):
 
 
 def print_table(results):
-    header = f"{'system':<22}{'s':>8}{'ms/tok':>9}{'x large':>9}{'=large':>7}{'tok/large call':>15}{'accept':>8}{'fallb':>7}{'rollb':>7}{'outside fwd':>12}"
+    header = f"{'system':<22}{'s':>8}{'BLEU':>7}{'ms/tok':>9}{'x large':>9}{'=large':>7}{'tok/large call':>15}{'accept':>8}{'fallb':>7}{'rollb':>7}{'outside fwd':>12}"
     print(header)
     for name, r in results.items():
         s = r.get("stats", {})
         fmt = lambda k, f: format(s[k], f) if k in s else "-"
-        print(f"{name:<22}{r['seconds']:>8.1f}{r['ms_per_token']:>9.1f}{r.get('speedup_vs_large', math.nan):>9.2f}"
+        print(f"{name:<22}{r['seconds']:>8.1f}{r.get('bleu', math.nan):>7.2f}{r['ms_per_token']:>9.1f}{r.get('speedup_vs_large', math.nan):>9.2f}"
               f"{str(r.get('identical_to_large', '-')):>7}{fmt('mean_tokens_per_large_call', '.2f'):>15}"
               f"{fmt('acceptance_rate', '.2f'):>8}{fmt('fallbacks', 'd'):>7}{fmt('rollbacks', 'd'):>7}"
               f"{(format(100 * s['share_outside_forwards'], '.1f') + '%') if s else '-':>12}")

@@ -109,13 +109,13 @@ def verify(large: ModelAdapter, state: Rows, k: torch.Tensor, processors, cfg: B
     active = ~state.done
     logits = large.feed(state.seq, state.seq_valid, state.n_pad, state.length + k, active, k + 1)  # (B, K+1, V)
     stats.batch_large_calls += 1
-    B, width, V = logits.shape
-    rows, j = torch.where(torch.arange(width, device=k.device) <= k.unsqueeze(1))  # every (row, position) needed
-    rows_j_active = active[rows]
-    rows, j = rows[rows_j_active], j[rows_j_active]
-    scores = torch.full_like(logits, float("-inf"))
-    scores[rows, j] = process(processors, state.seq, rows, state.length[rows] + j, logits[rows, j])
-    large_argmax = scores.argmax(dim=-1)  # (B, K+1)
+    width = logits.shape[1]
+    scores = logits
+    if processors:  # each (row, position) with its own prefix: seq[row, :length + position]
+        rows, j = torch.where((torch.arange(width, device=k.device) <= k.unsqueeze(1)) & active.unsqueeze(1))
+        scores = torch.full_like(logits, float("-inf"))
+        scores[rows, j] = process(processors, state.seq, rows, state.length[rows] + j, logits[rows, j])
+    large_argmax = scores.argmax(dim=-1)  # (B, K+1); positions past a row's k are never read
     K = width - 1
     draft_index = (state.length.unsqueeze(1) + torch.arange(K, device=k.device)).clamp(max=state.seq.shape[1] - 1)
     drafts = state.seq.gather(1, draft_index)  # (B, K)
