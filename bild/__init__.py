@@ -1,8 +1,8 @@
 """bild: Big Little Decoder (Kim et al., NeurIPS 2023) for HuggingFace transformers.
 
     from bild import BiLDGenerator
-    bild = BiLDGenerator(small, large, fallback_threshold=0.6, rollback_threshold=2.0)
-    out = bild.generate(**inputs, max_new_tokens=64)
+    generator = BiLDGenerator(small, large, fallback_threshold=0.6, rollback_threshold=2.0)
+    out = generator.generate(**inputs, max_new_tokens=64, do_sample=False)
 
 or, inside transformers' own generate:
 
