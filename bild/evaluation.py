@@ -14,6 +14,9 @@ This is the shared logic of ``examples/run_bild_translation.py`` and
   produced (flushed and fsynced), skipping what an earlier run already finished.
 * ``system_metrics`` / ``comparison`` / ``print_report``: quality, latency, tokens/s, speed-ups,
   BiLD's counters; ``metrics.json`` and a table.
+* ``--compare`` also takes more BiLD settings (``bild:0.4:5`` or ``bild:0.4:5:6`` for
+  fallback:rollback[:max_small_steps]); each runs as its own system (``bild-fb0.4-rb5-n6``) on the
+  same inputs in the same process, so one run times several settings against one set of baselines.
 * ``build_parser`` / ``main``: the command line both example scripts share.
 
 Files under the output folder:
@@ -239,10 +242,13 @@ def new_tokens(sequences: torch.Tensor, inputs: dict, encoder_decoder: bool) -> 
     return list(sequences[:, start:])
 
 
-def make_system(name: str, models: dict, thresholds: BiLDConfig, tokenizers: dict) -> GenerateFn:
-    """The generate function of system `name` over the loaded `models` (keyed by role)."""
+def make_system(name: str, models: dict, thresholds: BiLDConfig | None, tokenizers: dict) -> GenerateFn:
+    """The generate function of system `name` over the loaded `models` (keyed by role).
+
+    `thresholds` are those of a BiLD system (``bild`` or ``bild-fb...``); other systems ignore them.
+    """
     encoder_decoder = next(iter(models.values())).config.is_encoder_decoder
-    if name == "bild":
+    if is_bild_system(name):
         generator = BiLDGenerator(
             models["small"], models["large"], thresholds.fallback_threshold, thresholds.rollback_threshold,
             thresholds.max_small_steps, small_tokenizer=tokenizers["small"], large_tokenizer=tokenizers["large"],
@@ -520,14 +526,15 @@ def system_metrics(task: Task, records: list[dict], references: list[str]) -> di
     return out
 
 
-def comparison(task: Task, systems: dict[str, dict]) -> dict:
-    """BiLD against each baseline: speed-up (baseline latency / BiLD latency) and quality difference."""
-    if "bild" not in systems:
+def comparison(task: Task, systems: dict[str, dict], bild: str = "bild") -> dict:
+    """BiLD system `bild` against each baseline (every system that is not BiLD): speed-up (baseline
+    latency / BiLD latency) and quality difference."""
+    if bild not in systems:
         return {}
-    bild = systems["bild"]
     out = {}
+    bild = systems[bild]
     for name, base in systems.items():
-        if name == "bild":
+        if is_bild_system(name):
             continue
         out[name] = {
             "speedup": base["total_latency_s"] / bild["total_latency_s"],
@@ -557,10 +564,12 @@ def print_report(task: Task, result: dict, console=None) -> None:
             cells.append(f"{systems[reference]['total_latency_s'] / m['total_latency_s']:.2f}x")
         table.add_row(*cells)
     console.print(table)
-    if result["comparison"]:
-        console.print(_comparison_table(task, result["comparison"]))
-    if "bild" in systems:
-        console.print(_stats_table(systems["bild"]["bild_stats"]))
+    compared = {name: s["comparison"] for name, s in result.get("bild_settings", {}).items() if s["comparison"]}
+    if compared:
+        console.print(_comparison_table(task, compared))
+    bild = {name: m["bild_stats"] for name, m in systems.items() if is_bild_system(name)}
+    if bild:
+        console.print(_stats_table(bild))
     console.print(f"Results in {result['output_dir']}")
 
 
@@ -568,30 +577,36 @@ def _fmt(value, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
-def _comparison_table(task: Task, compared: dict):
+def _comparison_table(task: Task, compared: dict[str, dict]):
+    """One row per (BiLD setting, baseline)."""
     from rich.table import Table
 
     table = Table(title="BiLD against each baseline")
+    table.add_column("BiLD")
     table.add_column("baseline")
     table.add_column("BiLD speedup", justify="right")
     for key in task.quality_keys:
         table.add_column(f"Δ {key}", justify="right")
-    for name, c in compared.items():
-        table.add_row(name, f"{c['speedup']:.2f}x", *(f"{c['quality_delta'][k]:+.2f}" for k in task.quality_keys))
+    for bild, against in compared.items():
+        for name, c in against.items():
+            table.add_row(bild, name, f"{c['speedup']:.2f}x",
+                          *(f"{c['quality_delta'][k]:+.2f}" for k in task.quality_keys))
     return table
 
 
-def _stats_table(stats: dict):
+def _stats_table(stats: dict[str, dict]):
+    """BiLD's counters, one column per BiLD setting."""
     from rich.table import Table
 
     table = Table(title="BiLD counters (summed over examples)")
     table.add_column("counter")
-    table.add_column("value", justify="right")
-    for name in ("committed_tokens", "tokens_from_small", "tokens_from_large", "drafted_tokens", "accepted_drafts",
-                 "acceptance_rate", "fallbacks", "rollbacks", "corrections", "bonus_tokens", "large_forward_calls",
-                 "mean_tokens_per_large_call"):
-        value = stats[name]
-        table.add_row(name, f"{value:.3f}" if isinstance(value, float) else str(value))
+    for name in stats:
+        table.add_column(name, justify="right")
+    for counter in ("committed_tokens", "tokens_from_small", "tokens_from_large", "drafted_tokens", "accepted_drafts",
+                    "acceptance_rate", "fallbacks", "rollbacks", "corrections", "bonus_tokens", "large_forward_calls",
+                    "mean_tokens_per_large_call"):
+        values = [s[counter] for s in stats.values()]
+        table.add_row(counter, *(f"{v:.3f}" if isinstance(v, float) else str(v) for v in values))
     return table
 
 
@@ -676,8 +691,9 @@ def build_parser(task: Task) -> argparse.ArgumentParser:
     m.add_argument("--max_small_steps", type=int, default=BiLDConfig.max_small_steps,
                    help="at most this many small-model drafts per round")
     m.add_argument("--compare", default=None,
-                   help=f"comma-separated baselines run on the same inputs: {','.join(BASELINES)} (default: large for "
-                        "the default job with no models and no data given, otherwise none)")
+                   help=f"comma-separated systems run on the same inputs: the baselines {','.join(BASELINES)}, and more "
+                        "BiLD settings as bild:FALLBACK:ROLLBACK[:MAX_SMALL_STEPS] (e.g. bild:0.4:5); default: large "
+                        "for the default job with no models and no data given, otherwise none")
     m.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
                    help="model weights' dtype (auto: as stored)")
     m.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, mps, ... (auto: accelerate's choice)")
@@ -734,20 +750,66 @@ def resolve_defaults(args: argparse.Namespace, default_data: str | None) -> None
         args.test_file = default_data
 
 
+def is_bild_system(name: str) -> bool:
+    """``bild`` (the thresholds of --bild_fallback/--bild_rollback) or a further setting ``bild-fb...``."""
+    return name == "bild" or name.startswith("bild-")
+
+
+def bild_system_name(config: BiLDConfig) -> str:
+    """The system (and file) name of a further BiLD setting, e.g. ``bild-fb0.4-rb5-n10``."""
+    return f"bild-fb{config.fallback_threshold:g}-rb{config.rollback_threshold:g}-n{config.max_small_steps}"
+
+
+def parse_bild_setting(item: str, default_steps: int) -> BiLDConfig:
+    """``bild:FALLBACK:ROLLBACK[:MAX_SMALL_STEPS]`` -> its config (max_small_steps from the command line if left out)."""
+    parts = item.split(":")[1:]
+    try:
+        if len(parts) not in (2, 3):
+            raise ValueError("expected two or three numbers")
+        steps = int(parts[2]) if len(parts) == 3 else default_steps
+        return BiLDConfig(float(parts[0]), float(parts[1]), steps)
+    except ValueError as e:
+        raise SystemExit(f"--compare: {item!r} is not a BiLD setting bild:FALLBACK:ROLLBACK[:MAX_SMALL_STEPS], "
+                         f"e.g. bild:0.4:5 or bild:0.6:0:5 ({e}).") from None
+
+
+def bild_settings(args: argparse.Namespace) -> dict[str, BiLDConfig]:
+    """Every BiLD system of the run and its thresholds: ``bild`` first, then --compare's ``bild:...`` items."""
+    primary = BiLDConfig(args.fallback_threshold, args.rollback_threshold, args.max_small_steps)
+    settings = {"bild": primary}
+    for item in _compare_items(args):
+        if item.startswith("bild:"):
+            config = parse_bild_setting(item, args.max_small_steps)
+            if config != primary:
+                settings.setdefault(bild_system_name(config), config)
+    return settings
+
+
+def _compare_items(args: argparse.Namespace) -> list[str]:
+    return [c.strip() for c in (args.compare or "").split(",") if c.strip()]
+
+
 def systems_of(args: argparse.Namespace) -> list[str]:
+    """The systems in the order they run: BiLD settings first, then the baselines as given."""
     if args.model != "bild":
         return ["model"]
-    compare = [c.strip() for c in (args.compare or "").split(",") if c.strip()]
-    unknown = sorted(set(compare) - set(BASELINES))
+    compare = _compare_items(args)
+    unknown = sorted(c for c in set(compare) - set(BASELINES) if not c.startswith("bild:"))
     if unknown:
-        raise SystemExit(f"--compare takes {', '.join(BASELINES)}; got {', '.join(unknown)}.")
-    return ["bild", *dict.fromkeys(compare)]
+        raise SystemExit(f"--compare takes {', '.join(BASELINES)} and BiLD settings bild:FALLBACK:ROLLBACK"
+                         f"[:MAX_SMALL_STEPS]; got {', '.join(unknown)}.")
+    return [*bild_settings(args), *dict.fromkeys(c for c in compare if c in BASELINES)]
+
+
+def roles_of(system: str) -> tuple[str, ...]:
+    """The loaded models (by role) that `system` needs."""
+    return SYSTEM_ROLES["bild" if is_bild_system(system) else system]
 
 
 def model_paths(args: argparse.Namespace, systems: list[str]) -> dict[str, str]:
     """Role -> path of every model the systems need."""
     available = {"small": args.small, "large": args.large, "model": None if args.model == "bild" else args.model}
-    roles = dict.fromkeys(role for s in systems for role in SYSTEM_ROLES[s])
+    roles = dict.fromkeys(role for s in systems for role in roles_of(s))
     return {role: available[role] for role in roles}
 
 
@@ -786,7 +848,7 @@ def evaluate(task: Task, args: argparse.Namespace, argv: list[str], default_data
     systems = systems_of(args)
     paths = model_paths(args, systems)
     device = resolve_device(args.device, state)
-    thresholds = BiLDConfig(args.fallback_threshold, args.rollback_threshold, args.max_small_steps)
+    thresholds = bild_settings(args) if args.model == "bild" else {}
     settings = generation_settings(task, args, paths, device, state.num_processes)
     output_dir = Path(args.output_dir or f"runs/{task.name}-{fingerprint(settings)}")
     _prepare_output_dir(output_dir, settings, args, argv, systems, device, state)
@@ -799,7 +861,8 @@ def evaluate(task: Task, args: argparse.Namespace, argv: list[str], default_data
     ctx = _run_context(task, args, models, tokenizers, encoder_decoder, output_dir, state)
     with state.split_between_processes(examples) as mine:
         for system in systems:
-            generate = make_system(system, {r: models[r] for r in SYSTEM_ROLES[system]}, thresholds, tokenizers)
+            generate = make_system(system, {r: models[r] for r in roles_of(system)}, thresholds.get(system),
+                                   tokenizers)
             run_system(system, generate, mine, ctx)
             state.wait_for_everyone()
             if state.is_main_process:
@@ -807,7 +870,7 @@ def evaluate(task: Task, args: argparse.Namespace, argv: list[str], default_data
     state.wait_for_everyone()
     if not state.is_main_process:
         return None
-    return _finish(task, systems, examples, output_dir, settings, ctx.prompts)
+    return _finish(task, systems, examples, output_dir, settings, ctx.prompts, thresholds)
 
 
 def _prepare_output_dir(output_dir: Path, settings: dict, args, argv, systems, device, state) -> None:
@@ -870,7 +933,7 @@ def _run_context(task, args, models, tokenizers, encoder_decoder, output_dir, st
 
 
 def _finish(task: Task, systems: list[str], examples: list[Example], output_dir: Path, settings: dict,
-            prompts: PromptBuilder) -> dict:
+            prompts: PromptBuilder, bild_thresholds: dict[str, BiLDConfig]) -> dict:
     """metrics.json from the merged predictions, and the report."""
     references = [e.reference for e in examples]
     per_system = {}
@@ -889,7 +952,11 @@ def _finish(task: Task, systems: list[str], examples: list[Example], output_dir:
         # As resolved for the tokenizer, where config.json has the options as given.
         "prompt": {"template": prompts.template, "prefix": prompts.prefix},
         "systems": per_system,
+        # The --bild_fallback/--bild_rollback setting against each baseline.
         "comparison": comparison(task, per_system),
+        # Every BiLD setting of the run (that one included) with its thresholds and comparison.
+        "bild_settings": {name: {"thresholds": thresholds.to_dict(), "comparison": comparison(task, per_system, name)}
+                          for name, thresholds in bild_thresholds.items()},
     }
     atomic_write_json(output_dir / "metrics.json", result)
     print_report(task, result)

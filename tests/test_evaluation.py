@@ -9,6 +9,7 @@ import sacrebleu
 from rouge_score import rouge_scorer
 
 from _example_fixtures import tiny_tokenizer
+from bild.config import BiLDConfig
 from bild import evaluation
 from bild.evaluation import Example, PromptBuilder
 
@@ -118,6 +119,10 @@ def test_generated_length_stops_at_the_first_eos():
     (["--small", "s"], "both --small and --large"),
     (["--model", "path", "--compare", "large"], "go with --model bild"),
     (["--small", "s", "--large", "l", "--compare", "large,beam"], "--compare takes"),
+    (["--small", "s", "--large", "l", "--compare", "bild:0.4"], "not a BiLD setting"),
+    (["--small", "s", "--large", "l", "--compare", "bild:0.4:x"], "not a BiLD setting"),
+    (["--small", "s", "--large", "l", "--compare", "bild:1.5:2"], "fallback_threshold must be in"),
+    (["--small", "s", "--large", "l", "--compare", "bild:0.4:2:0"], "max_small_steps must be"),
 ])
 def test_argument_errors(argv, message):
     args = evaluation.build_parser(evaluation.TRANSLATION).parse_args(argv)
@@ -134,3 +139,15 @@ def test_ids_fall_back_to_row_numbers_when_not_unique(tmp_path):
     args = parser.parse_args(["--test_file", str(data), "--max_samples", "2"])
     examples = evaluation.load_examples(evaluation.SUMMARIZATION, args)
     assert examples == [Example("0", "d0", "s0"), Example("1", "d1", "s1")]
+
+
+def test_compare_bild_settings_become_systems():
+    args = evaluation.build_parser(evaluation.TRANSLATION).parse_args(
+        ["--small", "s", "--large", "l", "--bild_rollback", "0", "--max_small_steps", "5",
+         "--compare", "assisted,bild:0.4:5,large,bild:0.6:0,bild:0.4:inf:3,bild:0.4:5"])
+    settings = evaluation.bild_settings(args)
+    # bild:0.6:0 is the primary setting itself (max_small_steps from the command line): not run twice.
+    assert settings == {"bild": BiLDConfig(0.6, 0.0, 5), "bild-fb0.4-rb5-n5": BiLDConfig(0.4, 5.0, 5),
+                        "bild-fb0.4-rbinf-n3": BiLDConfig(0.4, float("inf"), 3)}
+    assert evaluation.systems_of(args) == ["bild", "bild-fb0.4-rb5-n5", "bild-fb0.4-rbinf-n3", "assisted", "large"]
+    assert evaluation.model_paths(args, evaluation.systems_of(args)) == {"small": "s", "large": "l"}

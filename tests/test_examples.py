@@ -126,6 +126,34 @@ def test_model_path_alone_is_a_plain_baseline(compared, decoder_pair, de_en, fol
     assert alone == [r["prediction"] for r in read_jsonl(compared[0] / "predictions_large.jsonl")]
 
 
+def test_compare_runs_more_bild_settings_against_the_same_baselines(compared, decoder_pair, de_en, folder):
+    """bild:FB:RB[:N] items of --compare run as systems of their own; their identities hold."""
+    out = folder / "settings"
+    result = translation.main(translation_args(decoder_pair, de_en, out, "--compare",
+                                               "large,bild:0.6:0:3,bild:inf:2,bild:0:inf"))
+    systems = result["systems"]
+    assert list(systems) == ["bild", "bild-fb0.6-rb0-n3", "bild-fbinf-rb2-n10", "bild-fb0-rbinf-n10", "large"]
+    large = [r["prediction"] for r in read_jsonl(out / "predictions_large.jsonl")]
+    small = [r["prediction"] for r in read_jsonl(compared[0] / "predictions_small.jsonl")]
+    # Lossless (rollback 0) and always-fallback give large greedy; never falling back nor rolling back gives
+    # the small model's greedy output.
+    for name in ("bild-fb0.6-rb0-n3", "bild-fbinf-rb2-n10"):
+        assert [r["prediction"] for r in read_jsonl(out / f"predictions_{name}.jsonl")] == large
+    assert [r["prediction"] for r in read_jsonl(out / "predictions_bild-fb0-rbinf-n10.jsonl")] == small
+    assert systems["bild-fbinf-rb2-n10"]["bild_stats"]["tokens_from_small"] == 0
+    assert systems["bild-fb0.6-rb0-n3"]["bild_stats"]["drafted_tokens"] > 0
+    settings = result["bild_settings"]
+    assert settings["bild-fb0.6-rb0-n3"]["thresholds"] == {"fallback_threshold": 0.6, "rollback_threshold": 0.0,
+                                                          "max_small_steps": 3}
+    assert settings["bild"]["comparison"] == result["comparison"]
+    for name, s in settings.items():
+        assert set(s["comparison"]) == {"large"}
+        c = s["comparison"]["large"]
+        assert c["speedup"] == pytest.approx(systems["large"]["total_latency_s"] / systems[name]["total_latency_s"])
+        assert c["quality_delta"]["bleu"] == pytest.approx(systems[name]["quality"]["bleu"]
+                                                           - systems["large"]["quality"]["bleu"])
+
+
 @pytest.mark.parametrize("flags", [("--bild_fallback", "--bild_rollback"),
                                    ("--bild_fallback_threshold", "--bild_rollback_threshold")])
 def test_threshold_zero_reaches_the_decoder_as_zero(flags, decoder_pair, de_en, tmp_path, monkeypatch):
