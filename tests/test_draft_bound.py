@@ -1,0 +1,81 @@
+"""benchmarks/draft_bound.py: its replay of lossless policies is BiLD's own schedule, and the oracle bounds them."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bild import BiLDGenerator
+from tiny_models import EOS, prompts, tiny_pair
+
+ROOT = Path(__file__).resolve().parent.parent
+_spec = importlib.util.spec_from_file_location("draft_bound", ROOT / "benchmarks" / "draft_bound.py")
+draft_bound = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(draft_bound)
+
+# The real pair's measured costs (benchmarks/step_costs.py on this CPU).
+COSTS = json.loads((ROOT / "benchmarks" / "results" / "step_costs_qwen_cpu.json").read_text())["costs_ms"]
+
+
+@pytest.mark.parametrize("mode", ["agree", "disagree"])
+@pytest.mark.parametrize("fb, n", [(0.0, 10), (0.5, 4), (0.8, 3), (0.3, 1)])
+def test_replay_counts_the_calls_bild_makes(mode, fb, n):
+    """Replaying lossless BiLD over teacher-forced agreement gives the decoder's rounds exactly, and at most its
+    small steps (the replay stops a round at its first wrong draft; the decoder may draft on)."""
+    small, large = tiny_pair("qwen2", mode, seed=3)
+    exact = 0
+    for row in prompts(6, seed=5, min_len=3):
+        inputs = {"input_ids": torch.tensor([row]), "attention_mask": torch.ones(1, len(row), dtype=torch.long)}
+        out = BiLDGenerator(small, large, fb, 0.0, n).generate(**inputs, max_new_tokens=20,
+                                                               return_dict_in_generate=True)
+        target = out.sequences[0, len(row):].tolist()
+        if EOS in target:
+            target = target[: target.index(EOS) + 1]
+        match, probs = draft_bound.along(small, row, target)
+        replayed = draft_bound.replay(match, probs, "bild", fb, n, COSTS)
+        assert replayed["large_calls"] == out.stats.large_forward_calls[0]
+        assert replayed["small_steps"] <= out.stats.small_forward_calls[0]
+        exact += replayed["small_steps"] == out.stats.small_forward_calls[0]
+    if n == 1 or mode == "agree":  # no draft after a wrong one (n = 1), or hardly any wrong drafts
+        assert exact >= 3
+
+
+def test_all_accepted_is_one_round_per_window():
+    match, probs = [True] * 7, [0.99] * 7
+    r = draft_bound.replay(match, probs, "bild", 0.5, 3, COSTS)
+    # Rounds commit 3 drafts + 1 bonus, then the last 3 drafts reach the end.
+    assert (r["small_steps"], r["large_calls"]) == (6, 2)
+    assert r["ms"] == pytest.approx(6 * COSTS["small_step"] + 2 * COSTS["verify"]["4"])
+    o = draft_bound.oracle(match, COSTS)
+    assert (o["small_steps"], o["large_calls"]) == (7, 1)
+
+
+def test_assisted_keeps_the_unsure_draft():
+    match, probs = [False, True, True], [0.1, 0.9, 0.9]
+    bild = draft_bound.replay(match, probs, "bild", 0.4, 5, COSTS)
+    assisted = draft_bound.replay(match, probs, "assisted", 0.4, 5, COSTS)
+    # BiLD falls back at once (one small step, one large step for token 0); assisted drafts token 0, which is
+    # rejected, and the large pass's correction is token 0.
+    assert bild["large_calls"] == assisted["large_calls"] == 2
+    assert bild["ms"] < assisted["ms"]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.booleans(), st.floats(0, 1)), min_size=1, max_size=60),
+       st.sampled_from(["bild", "assisted"]), st.floats(0, 1), st.integers(1, 12))
+def test_oracle_bounds_every_lossless_policy(seq, policy, threshold, n):
+    match, probs = [m for m, _ in seq], [p for _, p in seq]
+    assert draft_bound.oracle(match, COSTS)["ms"] <= draft_bound.replay(match, probs, policy, threshold, n, COSTS)["ms"]
+
+
+def test_summary_speedups_are_relative_to_one_large_step_per_token():
+    sequences = [([True, False, True], [0.9, 0.9, 0.2])]
+    out = draft_bound.summarize(sequences, COSTS, [("oracle", "oracle", None, None)])
+    assert out["oracle"]["speedup_vs_large"] == pytest.approx(3 * COSTS["large_step"] / draft_bound.oracle(
+        sequences[0][0], COSTS)["ms"])
