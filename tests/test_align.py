@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
-from _example_fixtures import TRANSLATION_SAMPLE, save_pair, write_lines
+from _example_fixtures import TRANSLATION_SAMPLE, write_lines
 from bild import align, evaluation
 from bild.cli import main as cli_main
 
@@ -49,21 +49,6 @@ def test_held_out_split_keeps_something_to_train_on():
     assert [e.id for e in held_out] == ["27", "28", "29"] and len(train) == 27  # 10% by default
     with pytest.raises(SystemExit, match="eval_samples"):
         align.held_out_split(examples, 30)
-
-
-@pytest.fixture(scope="module")
-def folder(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("align")
-
-
-@pytest.fixture(scope="module")
-def decoder_pair(folder):
-    return save_pair(folder, "decoder")
-
-
-@pytest.fixture(scope="module")
-def seq2seq_pair(folder):
-    return save_pair(folder, "seq2seq")
 
 
 @pytest.mark.parametrize("kind", ["decoder", "seq2seq"])

@@ -14,7 +14,7 @@ import pytest
 import sacrebleu
 from rouge_score import rouge_scorer
 
-from _example_fixtures import SUMMARIZATION_SAMPLE, TRANSLATION_SAMPLE, save_pair, write_lines
+from _example_fixtures import SUMMARIZATION_SAMPLE, TRANSLATION_SAMPLE, write_lines
 from bild import BiLDGenerator, evaluation
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -31,21 +31,6 @@ def _load_script(name: str):
 
 translation = _load_script("run_bild_translation")
 summarization = _load_script("run_bild_summarization")
-
-
-@pytest.fixture(scope="module")
-def folder(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("examples")
-
-
-@pytest.fixture(scope="module")
-def decoder_pair(folder):
-    return save_pair(folder, "decoder")
-
-
-@pytest.fixture(scope="module")
-def seq2seq_pair(folder):
-    return save_pair(folder, "seq2seq")
 
 
 @pytest.fixture(scope="module")

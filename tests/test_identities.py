@@ -48,7 +48,6 @@ def test_batch_rows_equal_rows_alone(arch, mode):
     rows = prompts(4, seed=3)
     gen = BiLDGenerator(small, large, 0.4, 1.5, 5)
     batched = gen.generate(**batch_inputs(rows, enc_dec), max_new_tokens=MAX_NEW, return_dict_in_generate=True)
-    width = batched.sequences.shape[1]
     for i, row in enumerate(rows):
         alone = gen.generate(**batch_inputs([row], enc_dec), max_new_tokens=MAX_NEW, return_dict_in_generate=True)
         got = batched.sequences[i]

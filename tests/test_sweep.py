@@ -99,16 +99,6 @@ def test_plot_of_hand_made_rows_is_a_png(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def folder(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("sweep")
-
-
-@pytest.fixture(scope="module")
-def decoder_pair(folder):
-    return save_pair(folder, "decoder")
-
-
-@pytest.fixture(scope="module")
 def de_en(folder) -> Path:
     return write_lines(folder / "de-en.validation.jsonl", TRANSLATION_SAMPLE, 4)
 
