@@ -698,21 +698,37 @@ def build_parser(task: Task) -> argparse.ArgumentParser:
                    help="model weights' dtype (auto: as stored)")
     m.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, mps, ... (auto: accelerate's choice)")
     m.add_argument("--device_map", default=None, help="'auto' spreads models too large for one device")
+    add_data_arguments(p, task, split_help="split to evaluate (default: test, or the only file given)")
+    add_prompt_arguments(p, task, batch_help="examples per generate call")
+    o = p.add_argument_group("output")
+    o.add_argument("--output_dir", help="where predictions and metrics go; rerun with the same folder to resume "
+                                        "(default: runs/<task>-<fingerprint of the settings>)")
+    o.add_argument("--overwrite_output_dir", action="store_true", help="discard earlier results in --output_dir")
+    return p
+
+
+def add_data_arguments(p: argparse.ArgumentParser, task: Task | None, split_help: str) -> argparse._ArgumentGroup:
+    """Data options: a hub data set or local files, the split, and the columns of `task` (of both when None)."""
     d = p.add_argument_group("data")
-    d.add_argument("--dataset_name", help="HuggingFace data set, e.g. " +
-                   ("iwslt2017" if task is TRANSLATION else "xsum, cnn_dailymail"))
-    d.add_argument("--dataset_config", help="its configuration, e.g. " +
-                   ("iwslt2017-de-en" if task is TRANSLATION else "3.0.0"))
+    d.add_argument("--dataset_name", help="HuggingFace data set, e.g. " + {
+        TRANSLATION: "iwslt2017", SUMMARIZATION: "xsum, cnn_dailymail"}.get(task, "iwslt2017 or xsum"))
+    d.add_argument("--dataset_config", help="its configuration, e.g. " + {
+        TRANSLATION: "iwslt2017-de-en", SUMMARIZATION: "3.0.0"}.get(task, "iwslt2017-de-en"))
     for split in ("train", "validation", "test"):
         d.add_argument(f"--{split}_file", help=f"local JSON Lines file for the {split} split")
-    d.add_argument("--split", help="split to evaluate (default: test, or the only file given)")
-    d.add_argument("--max_samples", type=int, help="evaluate only the first N examples")
-    if task is TRANSLATION:
-        d.add_argument("--source_lang", default="de")
-        d.add_argument("--target_lang", default="en")
-    else:
-        d.add_argument("--text_column", default="document")
-        d.add_argument("--summary_column", default="summary")
+    d.add_argument("--split", help=split_help)
+    d.add_argument("--max_samples", type=int, help="use only the first N examples of the split")
+    if task in (TRANSLATION, None):
+        d.add_argument("--source_lang", default="de", help="translation: the source's key in 'translation'")
+        d.add_argument("--target_lang", default="en", help="translation: the reference's key in 'translation'")
+    if task in (SUMMARIZATION, None):
+        d.add_argument("--text_column", default="document", help="summarization: the source column")
+        d.add_argument("--summary_column", default="summary", help="summarization: the reference column")
+    return d
+
+
+def add_prompt_arguments(p: argparse.ArgumentParser, task: Task | None, batch_help: str) -> argparse._ArgumentGroup:
+    """Prompt and generation options; --max_new_tokens defaults to `task`'s (None: set from --task later)."""
     g = p.add_argument_group("prompt and generation")
     g.add_argument("--source_prefix", default=None,
                    help="text put before each source, e.g. 'translate German to English: ' or 'summarize: ' for T5 "
@@ -721,14 +737,11 @@ def build_parser(task: Task) -> argparse.ArgumentParser:
                    help="chat (default for decoder-only models with a chat template), plain, or a format string with "
                         "{text}, e.g. 'German: {text}\\nEnglish:'")
     g.add_argument("--max_source_length", type=int, default=1024, help="cut each source to this many tokens")
-    g.add_argument("--max_new_tokens", type=int, default=task.default_max_new_tokens)
-    g.add_argument("--batch_size", type=int, default=1)
+    g.add_argument("--max_new_tokens", type=int, default=task.default_max_new_tokens if task else None,
+                   help="default: the task's (translation 128, summarization 64)")
+    g.add_argument("--batch_size", type=int, default=1, help=batch_help)
     g.add_argument("--seed", type=int, default=42)
-    o = p.add_argument_group("output")
-    o.add_argument("--output_dir", help="where predictions and metrics go; rerun with the same folder to resume "
-                                        "(default: runs/<task>-<fingerprint of the settings>)")
-    o.add_argument("--overwrite_output_dir", action="store_true", help="discard earlier results in --output_dir")
-    return p
+    return g
 
 
 def resolve_defaults(args: argparse.Namespace, default_data: str | None) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 
+from . import evaluation
 from .evaluation import SUMMARIZATION, TRANSLATION, Task, data_files
 
 TASKS = {task.name: task for task in (TRANSLATION, SUMMARIZATION)}
@@ -34,34 +35,13 @@ def add_model_arguments(parser: argparse.ArgumentParser, device_map: bool = True
 
 
 def add_data_arguments(parser: argparse.ArgumentParser, split_help: str) -> argparse._ArgumentGroup:
-    group = parser.add_argument_group("data")
-    group.add_argument("--dataset_name", help="HuggingFace data set, e.g. iwslt2017 or xsum")
-    group.add_argument("--dataset_config", help="its configuration, e.g. iwslt2017-de-en")
-    for split in ("train", "validation", "test"):
-        group.add_argument(f"--{split}_file", help=f"local JSON Lines file for the {split} split")
-    group.add_argument("--split", help=split_help)
-    group.add_argument("--max_samples", type=int, help="use only the first N examples of the split")
-    group.add_argument("--source_lang", default="de", help="translation: the source's key in 'translation'")
-    group.add_argument("--target_lang", default="en", help="translation: the reference's key in 'translation'")
-    group.add_argument("--text_column", default="document", help="summarization: the source column")
-    group.add_argument("--summary_column", default="summary", help="summarization: the reference column")
-    return group
+    """The example scripts' data options, with the columns of both tasks."""
+    return evaluation.add_data_arguments(parser, None, split_help)
 
 
 def add_prompt_arguments(parser: argparse.ArgumentParser, batch_help: str) -> argparse._ArgumentGroup:
-    group = parser.add_argument_group("prompt and generation")
-    group.add_argument("--source_prefix", default=None,
-                       help="text put before each source, e.g. 'translate German to English: ' for T5 "
-                            "(default: an instruction with the chat template, nothing otherwise)")
-    group.add_argument("--prompt_template", default=None,
-                       help="chat (default for decoder-only models with a chat template), plain, or a format "
-                            "string with {text}")
-    group.add_argument("--max_source_length", type=int, default=1024, help="cut each source to this many tokens")
-    group.add_argument("--max_new_tokens", type=int, default=None,
-                       help="default: the task's (translation 128, summarization 64)")
-    group.add_argument("--batch_size", type=int, default=1, help=batch_help)
-    group.add_argument("--seed", type=int, default=42)
-    return group
+    """The example scripts' prompt and generation options; --max_new_tokens comes from --task."""
+    return evaluation.add_prompt_arguments(parser, None, batch_help)
 
 
 def resolve_task(args: argparse.Namespace) -> Task:
