@@ -46,11 +46,13 @@ from bild.env import environment  # noqa: E402
 
 
 def verify_ms(costs: dict, new_tokens: int) -> float:
-    """One large pass over `new_tokens` unseen tokens; linear past the measured widths."""
+    """One large pass over `new_tokens` unseen tokens: the cheapest measured pass at least that wide (a
+    wider pass costs at least as much; this irons out timing noise in the policies' favour), linear past
+    the widest measured one."""
     table = {int(k): v for k, v in costs["verify"].items()}
-    if new_tokens in table:
-        return table[new_tokens]
     top = max(table)
+    if new_tokens <= top:
+        return min(v for k, v in table.items() if k >= new_tokens)
     slope = (table[top] - table[1]) / (top - 1)
     return table[top] + slope * (new_tokens - top)
 
@@ -183,12 +185,13 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run_dir", required=True, help="example-script output folder with predictions_large.jsonl")
     p.add_argument("--costs", required=True, help="JSON written by benchmarks/step_costs.py")
+    p.add_argument("--small", help="another small model to replay (e.g. one from `bild align`); default: the run's")
     p.add_argument("--output", default="benchmarks/results/draft_bound.json")
     args = p.parse_args(argv)
     run_dir = Path(args.run_dir)
     config, run_args, task, examples, records = load_run(run_dir)
     costs = json.loads(Path(args.costs).read_text())["costs_ms"]
-    paths = config["settings"]["models"]
+    paths = dict(config["settings"]["models"], **({"small": args.small} if args.small else {}))
     dtype = run_args.dtype
     small = evaluation.load_model(paths["small"], dtype, torch.device("cpu"), None)
     large = evaluation.load_model(paths["large"], dtype, torch.device("cpu"), None)
@@ -204,7 +207,7 @@ def main(argv=None):
     predicted = summarize(sequences, costs, default_policies())
     measured = {}
     metrics_path = run_dir / "metrics.json"
-    if metrics_path.exists():
+    if metrics_path.exists() and not args.small:  # the run timed its own small model
         metrics = json.loads(metrics_path.read_text())
         base = metrics["systems"]["large"]["total_latency_s"]
         measured = {name: base / m["total_latency_s"] for name, m in metrics["systems"].items()}
@@ -223,7 +226,7 @@ def main(argv=None):
         print("measured in the run (speed-up vs large, prefills and overheads included): "
               + ", ".join(f"{k} {v:.2f}x" for k, v in measured.items()))
     result = {"command": " ".join(["benchmarks/draft_bound.py", *(argv if argv is not None else sys.argv[1:])]),
-              "environment": environment(), "run_dir": str(run_dir), "examples": len(sequences),
+              "environment": environment(), "run_dir": str(run_dir), "models": paths, "examples": len(sequences),
               "left_out": left_out, "tokens": tokens, "agreement": agree, "costs_ms": costs,
               "best_bild": best_bild, "best_assisted": best_assisted, "predicted": predicted,
               "measured_speedup_vs_large": measured}

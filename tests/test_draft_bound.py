@@ -51,19 +51,20 @@ def test_all_accepted_is_one_round_per_window():
     r = draft_bound.replay(match, probs, "bild", 0.5, 3, COSTS)
     # Rounds commit 3 drafts + 1 bonus, then the last 3 drafts reach the end.
     assert (r["small_steps"], r["large_calls"]) == (6, 2)
-    assert r["ms"] == pytest.approx(6 * COSTS["small_step"] + 2 * COSTS["verify"]["4"])
+    assert r["ms"] == pytest.approx(6 * COSTS["small_step"] + 2 * draft_bound.verify_ms(COSTS, 4))
     o = draft_bound.oracle(match, COSTS)
     assert (o["small_steps"], o["large_calls"]) == (7, 1)
 
 
 def test_assisted_keeps_the_unsure_draft():
     match, probs = [False, True, True], [0.1, 0.9, 0.9]
-    bild = draft_bound.replay(match, probs, "bild", 0.4, 5, COSTS)
-    assisted = draft_bound.replay(match, probs, "assisted", 0.4, 5, COSTS)
-    # BiLD falls back at once (one small step, one large step for token 0); assisted drafts token 0, which is
-    # rejected, and the large pass's correction is token 0.
-    assert bild["large_calls"] == assisted["large_calls"] == 2
-    assert bild["ms"] < assisted["ms"]
+    costs = {"small_step": 1.0, "large_step": 10.0, "verify": {"1": 10.0, "2": 10.5, "3": 11.0, "4": 11.5}}
+    bild = draft_bound.replay(match, probs, "bild", 0.4, 5, costs)
+    assisted = draft_bound.replay(match, probs, "assisted", 0.4, 5, costs)
+    # BiLD falls back at once: a small step, then a large pass over 1 token gives token 0. Assisted drafts
+    # token 0 anyway (rejected): its large pass covers 2 tokens. Both then draft tokens 1 and 2.
+    assert bild == {"ms": 1 + 10.0 + 2 + 11.0, "small_steps": 3, "large_calls": 2}
+    assert assisted == {"ms": 1 + 10.5 + 2 + 11.0, "small_steps": 3, "large_calls": 2}
 
 
 @settings(max_examples=60, deadline=None)
@@ -79,3 +80,9 @@ def test_summary_speedups_are_relative_to_one_large_step_per_token():
     out = draft_bound.summarize(sequences, COSTS, [("oracle", "oracle", None, None)])
     assert out["oracle"]["speedup_vs_large"] == pytest.approx(3 * COSTS["large_step"] / draft_bound.oracle(
         sequences[0][0], COSTS)["ms"])
+
+
+def test_verify_cost_is_monotone_and_extrapolated():
+    costs = {"verify": {"1": 10.0, "2": 14.0, "3": 12.0}}
+    assert [draft_bound.verify_ms(costs, k) for k in (1, 2, 3)] == [10.0, 12.0, 12.0]
+    assert draft_bound.verify_ms(costs, 5) == pytest.approx(12.0 + 2 * (12.0 - 10.0) / 2)
