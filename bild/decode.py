@@ -217,7 +217,7 @@ def bild_generate(
     large_tokenizer=None,
     bild_profile: bool = False,
     static_cache: bool = False,
-    compile: bool = False,
+    compile: bool | str = False,
     inputs_tensor: torch.Tensor | None = None,
     **model_kwargs,
 ):
@@ -233,7 +233,8 @@ def bild_generate(
         moves a write pointer instead of cropping. Batch size 1 for decoder-only models.
     compile: implies static_cache; the one-token draft step and the fixed-width verify step run
         through `torch.compile` ("reduce-overhead", i.e. CUDA graphs, on a GPU). Drafts shorter
-        than the window are padded to max_small_steps + 1 so shapes never change.
+        than the window are padded to max_small_steps + 1 so shapes never change. True compiles
+        both models; "small" or "large" only that one (the other runs eagerly on its static cache).
     bild_profile: synchronise the device around each forward so stats.forward_seconds is exact.
     """
     cfg = bild_config if bild_config is not None else BiLDConfig(fallback_threshold, rollback_threshold, max_small_steps)
@@ -248,7 +249,8 @@ def bild_generate(
     max_length = generation_config.max_length
     pad = _pad_token_id(generation_config)
     device = input_ids.device
-    fast = _fast_path_options(static_cache or compile, compile, cfg, max_length, input_ids, model)
+    compiled = compile_roles(compile)
+    fast = _fast_path_options(static_cache or bool(compiled), compiled, cfg, max_length, input_ids, model)
 
     if model.config.is_encoder_decoder:
         source_mask = model_kwargs.get("attention_mask")
@@ -262,11 +264,11 @@ def bild_generate(
         for r in range(input_ids.shape[0]):  # row by row: see EncoderDecoderAdapter
             mask_r = None if source_mask is None else source_mask[r : r + 1]
             small = EncoderDecoderAdapter(
-                small_model, 1, device, vocab, **fast(small_model),
+                small_model, 1, device, vocab, **fast(small_model, "small"),
                 encoder_outputs=_row(small_enc, r), encoder_mask=None if mask_r is None else mask_r.to(small_model.device),
             )
             large = EncoderDecoderAdapter(
-                model, 1, device, **fast(model),
+                model, 1, device, **fast(model, "large"),
                 encoder_outputs=_row(large_enc, r), encoder_mask=None if mask_r is None else mask_r.to(model.device),
             )
             for a in (small, large):
@@ -287,8 +289,8 @@ def bild_generate(
         check_left_padding(mask)
         check_lengths({"small": small_model, "large": model}, input_ids.shape[1], max_length)
         valid = torch.ones_like(input_ids, dtype=torch.bool) if mask is None else mask.to(device).bool()
-        small = DecoderOnlyAdapter(small_model, input_ids.shape[0], device, vocab, **fast(small_model))
-        large = DecoderOnlyAdapter(model, input_ids.shape[0], device, **fast(model))
+        small = DecoderOnlyAdapter(small_model, input_ids.shape[0], device, vocab, **fast(small_model, "small"))
+        large = DecoderOnlyAdapter(model, input_ids.shape[0], device, **fast(model, "large"))
         small.sync = large.sync = bild_profile
         sequences, stats = decode(small, large, input_ids, valid, processors, criteria, cfg, max_length, pad)
     if generation_config.return_dict_in_generate:
@@ -296,10 +298,21 @@ def bild_generate(
     return sequences
 
 
-def _fast_path_options(static: bool, compile: bool, cfg: BiLDConfig, max_length: int, input_ids, large):
-    """Adapter options of the static-cache / compiled path, per model (a function of the model)."""
+def compile_roles(compile: bool | str) -> tuple[str, ...]:
+    """Which models `compile` asks to compile: True both, "small" or "large" one, False none."""
+    if compile is True:
+        return ("small", "large")
+    if compile is False or compile is None:
+        return ()
+    if compile in ("small", "large"):
+        return (compile,)
+    raise ValueError(f"compile must be True, False, 'small' or 'large', got {compile!r}.")
+
+
+def _fast_path_options(static: bool, compiled: tuple[str, ...], cfg: BiLDConfig, max_length: int, input_ids, large):
+    """Adapter options of the static-cache / compiled path, per model (a function of the model and its role)."""
     if not static:
-        return lambda model: {}
+        return lambda model, role: {}
     if not large.config.is_encoder_decoder and input_ids.shape[0] > 1:
         raise ValueError(
             "static_cache/compile support batch size 1 for decoder-only models (rows of a batch leave masked holes "
@@ -313,9 +326,9 @@ def _fast_path_options(static: bool, compile: bool, cfg: BiLDConfig, max_length:
     def pad_to(width: int) -> int | None:
         return None if width > window else (1 if width == 1 else window)
 
-    def options(model):
+    def options(model, role: str):
         out = {"static_length": length}
-        if compile:
+        if role in compiled:
             mode = "reduce-overhead" if model.device.type == "cuda" else None
             # Dynamo caches graphs on the forward's code, so later calls reuse them.
             out.update(pad_to=pad_to, compiled_forward=torch.compile(model.forward, mode=mode, dynamic=False))

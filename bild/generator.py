@@ -8,7 +8,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, PreTrainedModel
 
 from .config import BiLDConfig
-from .decode import bild_generate
+from .decode import bild_generate, compile_roles
 from .validation import check_generation_config, check_pair
 
 _FORWARDED_TO_BILD = ("small_model", "custom_generate", "bild_config", "small_tokenizer", "large_tokenizer",
@@ -34,9 +34,10 @@ class BiLDGenerator:
         small_tokenizer=None,
         large_tokenizer=None,
         static_cache: bool = False,
-        compile: bool = False,
+        compile: bool | str = False,
     ):
         self.config = BiLDConfig(fallback_threshold, rollback_threshold, max_small_steps)
+        compile_roles(compile)  # a bad value fails here, not at the first generate
         self.static_cache, self.compile = static_cache, compile
         self.small_tokenizer = small_tokenizer if small_tokenizer is not None else tokenizer
         self.large_tokenizer = large_tokenizer if large_tokenizer is not None else tokenizer

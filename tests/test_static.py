@@ -54,3 +54,30 @@ def test_static_cache_refuses_decoder_only_batches():
     small, large = tiny_pair("gpt2", "agree")
     with pytest.raises(ValueError, match="batch size 1 for decoder-only"):
         BiLDGenerator(small, large, static_cache=True).generate(**batch_inputs(prompts(2), False), max_new_tokens=4)
+
+
+@pytest.mark.parametrize("compile, compiled", [(True, {"small", "large"}), ("small", {"small"}), ("large", {"large"})])
+def test_compile_picks_the_models_it_names(compile, compiled, monkeypatch):
+    """compile=True compiles both models' steps, "small"/"large" only that one; output as the dynamic path."""
+    import bild.decode
+
+    small, large = tiny_pair("qwen2", "disagree", seed=2)
+    inputs = batch_inputs(prompts(1, seed=4, min_len=4), False)
+    expected = BiLDGenerator(small, large, 0.4, 1.0, 4).generate(**inputs, max_new_tokens=12)
+    owners = {id(small): "small", id(large): "large"}
+    seen = set()
+
+    def fake_compile(fn, **kwargs):  # eager stand-in: records whose forward was compiled
+        seen.add(owners[id(fn.__self__)])
+        return fn
+
+    monkeypatch.setattr(bild.decode.torch, "compile", fake_compile)
+    got = BiLDGenerator(small, large, 0.4, 1.0, 4, compile=compile).generate(**inputs, max_new_tokens=12)
+    assert seen == compiled
+    assert torch.equal(got, expected)
+
+
+def test_compile_rejects_other_values():
+    small, large = tiny_pair("qwen2", "disagree", seed=2)
+    with pytest.raises(ValueError, match="compile must be True, False, 'small' or 'large'"):
+        BiLDGenerator(small, large, compile="both")
