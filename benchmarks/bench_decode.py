@@ -42,6 +42,9 @@ def parse_args(argv=None):
     p.add_argument("--systems", default="large,small,assisted,bild_lossless,bild_lossy")
     p.add_argument("--num_assistant_tokens", type=int, default=None,
                    help="also run assisted generation with this fixed draft length (system assisted_tuned)")
+    p.add_argument("--fast_variants", default="",
+                   help="comma-separated fast-path variants of the first lossy setting, each its own system: static "
+                        "(static caches, eager), compile (both models' steps compiled), compile_small, compile_large")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--output", default="benchmarks/results/bench_decode.json")
     return p.parse_args(argv)
@@ -106,9 +109,17 @@ def systems(args, small, large, tokenizer):
         gen = BiLDGenerator(small, large, fb, rb, args.max_small_steps, tokenizer=tokenizer)
         name = "bild_lossy" if i == 0 else f"bild_lossy_{fb}_{rb}"
         table[name] = lambda x, gen=gen: gen.generate(**x, **common, return_dict_in_generate=True, bild_profile=True)
+    fb, rb = (float(v) for v in args.lossy.split(";")[0].split(","))
+    for variant in filter(None, args.fast_variants.split(",")):
+        options = {"static": {"static_cache": True}, "compile": {"compile": True},
+                   "compile_small": {"compile": "small"}, "compile_large": {"compile": "large"}}[variant]
+        gen = BiLDGenerator(small, large, fb, rb, args.max_small_steps, tokenizer=tokenizer, **options)
+        table[f"bild_lossy+{variant}"] = lambda x, gen=gen: gen.generate(**x, **common, return_dict_in_generate=True,
+                                                                         bild_profile=True)
     wanted = args.systems.split(",")
     return {k: v for k, v in table.items()
-            if k in wanted or k == "assisted_tuned" or (k.startswith("bild_lossy") and "bild_lossy" in wanted)}
+            if k in wanted or k == "assisted_tuned" or (k.startswith("bild_lossy") and "bild_lossy" in wanted)
+            or "+" in k}
 
 
 def _assisted_constant(large, small, inputs, n, common):
@@ -175,6 +186,9 @@ def main(argv=None):
             r["speedup_vs_large"] = base["seconds"] / r["seconds"]
             r["identical_to_large"] = outputs[name] == outputs["large"]
             r["examples_identical_to_large"] = sum(a == b for a, b in zip(outputs[name], outputs["large"]))
+        if "+" in name and "bild_lossy" in outputs:  # a fast-path variant against the eager path
+            r["identical_to_eager"] = outputs[name] == outputs["bild_lossy"]
+            r["speedup_vs_eager"] = results["bild_lossy"]["seconds"] / r["seconds"]
     print_table(results)
     report = {"command": " ".join(sys.argv), "environment": environment(), "args": vars(args), "device": args.device,
               "results": results}

@@ -26,6 +26,16 @@ def test_bench_decode_runs_every_system_on_tiny_models(tmp_path, capsys):
     assert "bild_lossless" in capsys.readouterr().out
 
 
+def test_bench_decode_fast_path_variants_match_the_eager_path(tmp_path):
+    report = _load("bench_decode").main(["--max_samples", "2", "--max_new_tokens", "6", "--dtype", "float32",
+                                         "--systems", "large,bild_lossy", "--fast_variants", "static",
+                                         "--output", str(tmp_path / "bench.json")])
+    results = report["results"]
+    assert set(results) == {"large", "bild_lossy", "bild_lossy+static"}
+    assert results["bild_lossy+static"]["identical_to_eager"]
+    assert results["bild_lossy+static"]["speedup_vs_eager"] > 0
+
+
 def test_gpu_bench_logic_on_cpu(tmp_path):
     report = _load("gpu_bench").main(["--tiny", "--device", "cpu", "--dtype", "float32", "--new_tokens", "6",
                                       "--repeats", "1", "--skip", "hf_large_static_compiled,bild_fast_best,bild_fast_worst",
