@@ -196,10 +196,7 @@ def main(argv=None):
     small = evaluation.load_model(paths["small"], dtype, torch.device("cpu"), None)
     large = evaluation.load_model(paths["large"], dtype, torch.device("cpu"), None)
     tokenizer = evaluation.load_tokenizer(paths["large"], False)
-    template = evaluation.resolve_template(run_args.prompt_template, tokenizer, False)
-    prefix = run_args.source_prefix if run_args.source_prefix is not None else (
-        evaluation.default_instruction(task, run_args) if template == "chat" else "")
-    prompts = evaluation.PromptBuilder(tokenizer, template, prefix, run_args.max_source_length)
+    prompts = evaluation.prompt_builder(task, run_args, tokenizer, False)
     sequences, left_out = agreement_vectors(small, large, prompts, examples, records,
                                             evaluation.eos_token_ids(large, tokenizer))
     tokens = sum(len(m) for m, _ in sequences)
@@ -218,8 +215,8 @@ def main(argv=None):
     print(f"{len(sequences)} examples ({left_out} left out: not reproduced teacher-forced), {tokens} tokens; "
           f"the small model's argmax equals the large model's output at {100 * agree:.1f}% of positions")
     print(f"{'policy':<24}{'ms/token':>10}{'speedup':>10}{'tok/large':>11}")
-    for name in ("oracle", best_bild, "bild fb=0.6 n=10", "bild fb=0.4 n=5", best_assisted, "assisted t=0.4 n=20",
-                 "assisted t=0.4 n=5"):
+    for name in dict.fromkeys(("oracle", best_bild, "bild fb=0.6 n=10", "bild fb=0.4 n=5", best_assisted,
+                               "assisted t=0.4 n=20", "assisted t=0.4 n=5")):
         r = predicted[name]
         print(f"{name:<24}{r['ms_per_token']:>10.1f}{r['speedup_vs_large']:>9.2f}x{r['tokens_per_large_call']:>11.2f}")
     if measured:

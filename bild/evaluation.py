@@ -532,13 +532,13 @@ def comparison(task: Task, systems: dict[str, dict], bild: str = "bild") -> dict
     if bild not in systems:
         return {}
     out = {}
-    bild = systems[bild]
+    ours = systems[bild]
     for name, base in systems.items():
         if is_bild_system(name):
             continue
         out[name] = {
-            "speedup": base["total_latency_s"] / bild["total_latency_s"],
-            "quality_delta": {k: bild["quality"][k] - base["quality"][k] for k in task.quality_keys},
+            "speedup": base["total_latency_s"] / ours["total_latency_s"],
+            "quality_delta": {k: ours["quality"][k] - base["quality"][k] for k in task.quality_keys},
         }
     return out
 
@@ -920,18 +920,24 @@ def _maybe_tokenizer(path: str, encoder_decoder: bool):
         return None
 
 
+def prompt_builder(task: Task, args: argparse.Namespace, tokenizer, encoder_decoder: bool) -> PromptBuilder:
+    """The prompts of a run: --prompt_template resolved for the tokenizer, and --source_prefix or the task's
+    instruction (with the chat template)."""
+    template = resolve_template(args.prompt_template, tokenizer, encoder_decoder)
+    prefix = args.source_prefix if args.source_prefix is not None else (
+        default_instruction(task, args) if template == "chat" else "")
+    return PromptBuilder(tokenizer, template, prefix, args.max_source_length)
+
+
 def _run_context(task, args, models, tokenizers, encoder_decoder, output_dir, state) -> RunContext:
     """Prompts and generation settings from the reference model (large, else the only one)."""
     role = "large" if "large" in models else next(iter(models))
     tokenizer = tokenizers[role] or next((t for t in tokenizers.values() if t is not None), None)
     if tokenizer is None:
         raise SystemExit(f"No tokenizer found beside the models ({', '.join(models)}).")
-    template = resolve_template(args.prompt_template, tokenizer, encoder_decoder)
-    prefix = args.source_prefix if args.source_prefix is not None else (
-        default_instruction(task, args) if template == "chat" else "")
     model = models[role]
     return RunContext(
-        prompts=PromptBuilder(tokenizer, template, prefix, args.max_source_length),
+        prompts=prompt_builder(task, args, tokenizer, encoder_decoder),
         # Explicit greedy: instruct models' generation configs often sample, seq2seq ones often beam-search.
         generate_kwargs={"max_new_tokens": args.max_new_tokens, "do_sample": False, "num_beams": 1,
                          "pad_token_id": tokenizer.pad_token_id},
