@@ -10,6 +10,10 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bild.evaluation import STATS_COUNTERS  # noqa: E402
 
 
 def tables(metrics: dict) -> str:
@@ -27,8 +31,7 @@ def tables(metrics: dict) -> str:
     bild = {name: m["bild_stats"] for name, m in systems.items() if "bild_stats" in m}
     if bild:
         lines += ["", "| counter | " + " | ".join(bild) + " |", "|---|" + "---|" * len(bild)]
-        for counter in ("committed_tokens", "tokens_from_small", "acceptance_rate", "fallbacks", "rollbacks",
-                        "large_forward_calls", "mean_tokens_per_large_call"):
+        for counter in STATS_COUNTERS:
             values = [s[counter] for s in bild.values()]
             lines.append(f"| {counter} | " + " | ".join(f"{v:.2f}" if isinstance(v, float) else str(v)
                                                           for v in values) + " |")

@@ -15,6 +15,10 @@ more tokens the large model keeps. Three steps:
    ``accelerate`` (AdamW, a learning-rate schedule, gradient accumulation, gradient clipping), the
    loss on the output tokens only (for decoder-only models the prompt is masked); optionally LoRA
    through ``peft``, merged into the weights before saving.
+   The training so far is checkpointed to ``<output_dir>/align/checkpoint.pt`` after every epoch
+   (and every ``--save_steps`` updates); a rerun with the same settings resumes from it and ends
+   with the weights an uninterrupted run ends with (each epoch's order depends on the seed and the
+   epoch alone; the random state is restored for dropout). It is deleted once the model is saved.
 3. ``<output_dir>`` becomes an ordinary ``from_pretrained`` folder of the small model (in its own
    dtype, with its tokenizer), plus ``align_report.json``: agreement before and after.
 
@@ -34,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import inspect
 import math
 import sys
 import time
@@ -149,14 +154,36 @@ def collate(features: list[dict], pad_token_id: int) -> dict[str, torch.Tensor]:
     return batch
 
 
-def next_token_predictions(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """(argmax next token, label) at every position, aligned: both (B, T), IGNORE where no label."""
-    if model.config.is_encoder_decoder:
-        logits = model(**batch).logits  # (B, T_out, V): position t predicts labels[:, t]
-        return logits.argmax(-1), batch["labels"]
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits  # (B, T, V)
-    # Position t predicts token t + 1.
-    return logits[:, :-1].argmax(-1), batch["labels"][:, 1:]
+def slices_head(model) -> bool:
+    """Whether the (decoder-only) model can run its output layer on the last positions only (`logits_to_keep`)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # under a peft wrapper
+    return "logits_to_keep" in inspect.signature(base.forward).parameters
+
+
+def output_logits(model, batch: dict[str, torch.Tensor], encoder_decoder: bool,
+                  slice_head: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits, targets) at the positions that predict output tokens: (B, K, V) and (B, K), IGNORE where none.
+
+    A decoder-only batch is mostly prompt, and full logits over a 150k-word vocabulary at every
+    position dominate training memory; with `slice_head` the output layer runs only from the first
+    position that predicts an output token (in any row) on. The logits there are the same either way.
+    """
+    if encoder_decoder:
+        return model(**batch).logits, batch["labels"]  # position t predicts labels[:, t]
+    targets = batch["labels"][:, 1:]  # position t predicts token t + 1
+    labelled = (targets != IGNORE).any(dim=0).nonzero()
+    first = int(labelled[0]) if slice_head and len(labelled) else 0
+    keep = batch["input_ids"].shape[1] - first
+    extra = {"logits_to_keep": keep} if slice_head else {}
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **extra).logits
+    return logits[:, -keep:-1], targets[:, first:]
+
+
+def output_loss(model, batch: dict[str, torch.Tensor], encoder_decoder: bool, slice_head: bool) -> torch.Tensor:
+    """Mean cross-entropy over the output tokens (the models' own loss), in float32 on those positions only."""
+    logits, targets = output_logits(model, batch, encoder_decoder, slice_head)
+    scored = targets != IGNORE
+    return torch.nn.functional.cross_entropy(logits[scored].float(), targets[scored])
 
 
 @torch.no_grad()
@@ -167,7 +194,8 @@ def agreement(model, features: list[dict], pad_token_id: int, batch_size: int) -
     hits = positions = whole = 0
     for start in range(0, len(features), batch_size):
         batch = {k: v.to(model.device) for k, v in collate(features[start: start + batch_size], pad_token_id).items()}
-        predicted, target = next_token_predictions(model, batch)
+        logits, target = output_logits(model, batch, model.config.is_encoder_decoder, slices_head(model))
+        predicted = logits.argmax(-1)
         scored = target != IGNORE
         agree = (predicted == target) & scored
         hits += int(agree.sum())
@@ -211,48 +239,128 @@ def load_student(args: argparse.Namespace, encoder_decoder: bool):
     return get_peft_model(model, config)
 
 
-def fine_tune(model, features: list[dict], pad_token_id: int, args: argparse.Namespace, accelerator):
-    """Train on `features` for --num_train_epochs; return the unwrapped model and per-epoch mean losses."""
+CHECKPOINT = "checkpoint.pt"  # under align/: the training so far, deleted once the aligned model is saved
+
+
+def epoch_loader(features: list[dict], epoch: int, pad_token_id: int, args: argparse.Namespace, accelerator):
+    """This epoch's batches, shuffled by (seed, epoch) alone, so a resumed run sees the order an uninterrupted one does."""
     from torch.utils.data import DataLoader
+
+    generator = torch.Generator().manual_seed(args.seed + epoch)
+    order = torch.randperm(len(features), generator=generator).tolist()
+    # Its own generator: a DataLoader draws a seed when iterated, which must not move the global random
+    # state that dropout uses (a resumed run iterates a loader that an uninterrupted run had begun earlier).
+    loader = DataLoader([features[i] for i in order], batch_size=args.per_device_train_batch_size, shuffle=False,
+                        collate_fn=partial(collate, pad_token_id=pad_token_id), generator=generator)
+    return accelerator.prepare_data_loader(loader)
+
+
+def trainable_state(model) -> dict[str, torch.Tensor]:
+    return {name: p.detach().cpu().clone() for name, p in model.named_parameters() if p.requires_grad}
+
+
+def save_checkpoint(path: Path, model, optimizer, scheduler, progress: dict, accelerator) -> None:
+    """The trainable weights, optimizer, scheduler, random state and progress, in one file replaced atomically.
+
+    Written by the main process: the trainable weights and optimizer state are the same on every process.
+    """
+    if accelerator.is_main_process:
+        tmp = path.with_suffix(".tmp")
+        torch.save({"trainable": trainable_state(accelerator.unwrap_model(model)), "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state(), "progress": progress}, tmp)
+        tmp.replace(path)
+    accelerator.wait_for_everyone()
+
+
+def load_checkpoint(path: Path, model, optimizer, scheduler, fingerprint: str, accelerator) -> dict | None:
+    """Restore a checkpoint made with the same training settings; its progress, or None if there is none."""
+    if not path.exists():
+        return None
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    progress = state["progress"]
+    if progress["fingerprint"] != fingerprint:
+        raise SystemExit(f"{path} holds a training run with other settings ({progress['settings']}). Rerun with "
+                         "those settings to resume it, or delete the file (or pass --overwrite_output_dir) to train "
+                         "afresh.")
+    unwrapped = accelerator.unwrap_model(model)
+    params = dict(unwrapped.named_parameters())
+    with torch.no_grad():
+        for name, value in state["trainable"].items():
+            params[name].copy_(value)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["rng"])  # dropout draws as an uninterrupted run's (exactly so for one process)
+    return progress
+
+
+def fine_tune(model, features: list[dict], pad_token_id: int, args: argparse.Namespace, accelerator,
+              checkpoint: Path, progress: dict):
+    """Train on `features` for --num_train_epochs; return the unwrapped model and the final progress.
+
+    After every epoch (and every --save_steps updates) the training so far goes to `checkpoint`; a
+    rerun with the same settings resumes from it (same batches, same schedule) instead of starting
+    over. `progress` is the new run's bookkeeping (with the settings' fingerprint); a checkpoint's replaces it.
+    """
     from tqdm.auto import tqdm
     from transformers import get_scheduler
 
-    loader = DataLoader(features, batch_size=args.per_device_train_batch_size, shuffle=True,
-                        collate_fn=partial(collate, pad_token_id=pad_token_id),
-                        generator=torch.Generator().manual_seed(args.seed))
+    encoder_decoder = model.config.is_encoder_decoder
+    slice_head = not encoder_decoder and slices_head(model)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=args.learning_rate,
                                   weight_decay=args.weight_decay)
+    batches = len(epoch_loader(features, 0, pad_token_id, args, accelerator))  # per process and epoch
+    per_epoch = math.ceil(batches / args.gradient_accumulation_steps)
     # Counted in single-process updates: accelerate steps a prepared scheduler once per process.
-    total_updates = math.ceil(len(loader) / args.gradient_accumulation_steps) * args.num_train_epochs
     scheduler = get_scheduler(args.lr_scheduler_type, optimizer, num_warmup_steps=args.warmup_steps,
-                              num_training_steps=total_updates)
-    model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+                              num_training_steps=per_epoch * args.num_train_epochs)
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    progress = load_checkpoint(checkpoint, model, optimizer, scheduler, progress["fingerprint"], accelerator) or progress
+    if progress["updates"]:
+        accelerator.print(f"Resuming the fine-tuning from {checkpoint}: epoch {progress['epoch'] + 1}, "
+                          f"{progress['updates']} of {per_epoch * args.num_train_epochs} updates done.")
     model.train()
-    losses = []
-    updates = math.ceil(len(loader) / args.gradient_accumulation_steps) * args.num_train_epochs
-    with tqdm(total=updates, desc="fine-tune", unit="step", disable=not accelerator.is_main_process) as bar:
-        for _ in range(args.num_train_epochs):
-            epoch_loss, batches = 0.0, 0
+    mark = time.perf_counter()
+
+    def save(progress: dict) -> None:
+        nonlocal mark
+        now = time.perf_counter()
+        progress["seconds"] += now - mark  # training time, summed over resumed runs
+        mark = now
+        save_checkpoint(checkpoint, model, optimizer, scheduler, progress, accelerator)
+
+    with tqdm(total=per_epoch * args.num_train_epochs, initial=progress["updates"], desc="fine-tune", unit="step",
+              disable=not accelerator.is_main_process) as bar:
+        while progress["epoch"] < args.num_train_epochs:
+            loader = epoch_loader(features, progress["epoch"], pad_token_id, args, accelerator)
+            if progress["batches"]:
+                loader = accelerator.skip_first_batches(loader, progress["batches"])
             for batch in loader:
                 with accelerator.accumulate(model):
-                    loss = model(**batch).loss
+                    loss = output_loss(model, batch, encoder_decoder, slice_head)
                     accelerator.backward(loss)
                     if accelerator.sync_gradients and args.max_grad_norm > 0:
                         accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
                     optimizer.step()
                     scheduler.step()
                     optimizer.zero_grad()
-                epoch_loss, batches = epoch_loss + loss.item(), batches + 1
+                progress["batches"] += 1
+                progress["loss_sum"] += loss.item()
                 if accelerator.sync_gradients:
+                    progress["updates"] += 1
                     bar.update()
                     bar.set_postfix(loss=f"{loss.item():.3f}")
-            mean = accelerator.gather(torch.tensor([epoch_loss / max(batches, 1)], device=accelerator.device))
-            losses.append(float(mean.mean()))
+                    if args.save_steps and progress["updates"] % args.save_steps == 0 and progress["batches"] < batches:
+                        save(progress)
+            mean = accelerator.gather(torch.tensor([progress["loss_sum"] / max(progress["batches"], 1)],
+                                                   device=accelerator.device))
+            progress.update(epoch=progress["epoch"] + 1, batches=0, loss_sum=0.0,
+                            epoch_losses=progress["epoch_losses"] + [float(mean.mean())])
+            save(progress)
     accelerator.wait_for_everyone()
     model = accelerator.unwrap_model(model)
     if args.lora_r:
         model = model.merge_and_unload()  # an ordinary model again: from_pretrained needs no peft
-    return model, losses
+    return model, progress
 
 
 # ---------------------------------------------------------------------------------------------
@@ -290,6 +398,7 @@ def prepare_align_dir(align_dir: Path, settings: dict, args: argparse.Namespace,
         expected = evaluation.fingerprint(settings)
         if args.overwrite_output_dir:
             evaluation.clear_output_dir(align_dir)
+            (align_dir / CHECKPOINT).unlink(missing_ok=True)
         else:
             evaluation.check_output_dir(align_dir, expected)
         config = {"fingerprint": expected, "settings": settings,
@@ -330,14 +439,19 @@ def run_align(args: argparse.Namespace) -> dict | None:
 
     set_seed(args.seed)
     model = load_student(args, encoder_decoder).to(accelerator.device)
+    checkpoint = align_dir / CHECKPOINT
+    settings = {**training_settings(args, accelerator.num_processes), "seed": args.seed, "small": args.small,
+                "teacher_outputs": evaluation.fingerprint({e.id: outputs[e.id] for e in train_examples})}
+    progress = {"fingerprint": evaluation.fingerprint(settings), "settings": settings, "epoch": 0, "batches": 0,
+                "updates": 0, "loss_sum": 0.0, "epoch_losses": [], "seconds": 0.0, "before": None}
     measure = partial(agreement, pad_token_id=pad_token_id, batch_size=args.per_device_eval_batch_size)
-    before = {name: measure(model, part) for name, part in slices.items()} if accelerator.is_main_process else None
-    started = time.perf_counter()
-    model, losses = fine_tune(model, features, pad_token_id, args, accelerator)
-    seconds = time.perf_counter() - started
+    if accelerator.is_main_process and not checkpoint.exists():  # else the checkpoint holds it
+        progress["before"] = {name: measure(model, part) for name, part in slices.items()}
+    model, progress = fine_tune(model, features, pad_token_id, args, accelerator, checkpoint, progress)
     if not accelerator.is_main_process:
         accelerator.wait_for_everyone()
         return None
+    before = progress["before"]
     after = {name: measure(model, part) for name, part in slices.items()}
     save_student(model, args, output_dir)
     report = {
@@ -348,11 +462,12 @@ def run_align(args: argparse.Namespace) -> dict | None:
         "agreement_definition": "teacher-forced: share of the large model's output positions where the small "
                                 "model's argmax next token is the large model's token (token_agreement), and "
                                 "share of examples where every position agrees (sequence_agreement)",
-        "training": {**training_settings(args, accelerator.num_processes), "epoch_losses": losses,
-                     "seconds": seconds},
+        "training": {**training_settings(args, accelerator.num_processes), "epoch_losses": progress["epoch_losses"],
+                     "seconds": progress["seconds"]},
         "environment": evaluation.environment(accelerator.device, accelerator.num_processes),
     }
     evaluation.atomic_write_json(output_dir / "align_report.json", report)
+    checkpoint.unlink(missing_ok=True)  # the aligned model is the finished work now
     print_report(report)
     accelerator.wait_for_everyone()
     return report
@@ -416,6 +531,9 @@ def align_command_parser(subparsers=None) -> argparse.ArgumentParser:
     train.add_argument("--warmup_steps", type=int, default=0)
     train.add_argument("--lr_scheduler_type", default="linear", choices=("linear", "cosine", "constant",
                                                                           "constant_with_warmup"))
+    train.add_argument("--save_steps", type=int, default=0,
+                       help="also checkpoint the training every N updates (it is checkpointed after every epoch); "
+                            "a rerun with the same settings resumes from the checkpoint")
     train.add_argument("--max_grad_norm", type=float, default=1.0, help="clip gradients to this norm (0: no clipping)")
     lora = parser.add_argument_group("LoRA (needs peft)")
     lora.add_argument("--lora_r", type=int, default=0, help="LoRA rank; 0 (default) fine-tunes every weight")

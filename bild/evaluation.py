@@ -594,6 +594,12 @@ def _comparison_table(task: Task, compared: dict[str, dict]):
     return table
 
 
+# BiLD's counters in the order the reports show them (also benchmarks/metrics_table.py).
+STATS_COUNTERS = ("committed_tokens", "tokens_from_small", "tokens_from_large", "drafted_tokens", "accepted_drafts",
+                  "acceptance_rate", "fallbacks", "rollbacks", "corrections", "bonus_tokens", "large_forward_calls",
+                  "mean_tokens_per_large_call")
+
+
 def _stats_table(stats: dict[str, dict]):
     """BiLD's counters, one column per BiLD setting."""
     from rich.table import Table
@@ -602,9 +608,7 @@ def _stats_table(stats: dict[str, dict]):
     table.add_column("counter")
     for name in stats:
         table.add_column(name, justify="right")
-    for counter in ("committed_tokens", "tokens_from_small", "tokens_from_large", "drafted_tokens", "accepted_drafts",
-                    "acceptance_rate", "fallbacks", "rollbacks", "corrections", "bonus_tokens", "large_forward_calls",
-                    "mean_tokens_per_large_call"):
+    for counter in STATS_COUNTERS:
         values = [s[counter] for s in stats.values()]
         table.add_row(counter, *(f"{v:.3f}" if isinstance(v, float) else str(v) for v in values))
     return table

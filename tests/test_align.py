@@ -11,6 +11,7 @@ from argparse import Namespace
 from pathlib import Path
 
 import pytest
+import torch
 from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
 from _example_fixtures import TRANSLATION_SAMPLE, write_lines
@@ -71,6 +72,29 @@ def test_a_model_agrees_fully_with_its_own_greedy_output(kind, decoder_pair, seq
     result = align.agreement(model, features, tokenizer.pad_token_id, batch_size=2)
     assert result["token_agreement"] == 1.0 and result["sequence_agreement"] == 1.0
     assert result["positions"] == sum(len([t for t in f["labels"] if t != -100]) for f in features)
+
+
+@pytest.mark.parametrize("kind", ["decoder", "seq2seq"])
+def test_output_loss_is_the_models_own_loss(kind, decoder_pair, seq2seq_pair):
+    """Logits only where a loss is taken (decoder-only: from the first output position on) change nothing."""
+    small, _ = decoder_pair if kind == "decoder" else seq2seq_pair
+    encoder_decoder = kind == "seq2seq"
+    model = (AutoModelForSeq2SeqLM if encoder_decoder else AutoModelForCausalLM).from_pretrained(small).eval()
+    # Prompts of different lengths, so the rows' outputs start at different positions.
+    features = [align.example_features([5, 6, 7, 8, 9], [10, 11, 2], encoder_decoder),
+                align.example_features([5, 6], [12, 13, 14, 15, 2], encoder_decoder)]
+    batch = align.collate(features, pad_token_id=0)
+    expected = model(**batch).loss
+    assert align.slices_head(model) != encoder_decoder  # the tiny decoder-only models take logits_to_keep
+    loss = align.output_loss(model, batch, encoder_decoder, slice_head=not encoder_decoder)
+    torch.testing.assert_close(loss, expected)
+    if not encoder_decoder:
+        full, targets = align.output_logits(model, batch, False, slice_head=False)
+        sliced, kept = align.output_logits(model, batch, False, slice_head=True)
+        first = 2 - 1  # the second row's first output token is at position 2, predicted from position 1
+        assert sliced.shape[1] == full.shape[1] - first and torch.equal(kept, targets[:, first:])
+        assert (targets[:, :first] == -100).all()
+        torch.testing.assert_close(sliced, full[:, first:])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -168,7 +192,7 @@ def test_align_encoder_decoder_with_lossless_bild_teacher(seq2seq_pair, train_fi
 def test_lora_is_merged_into_an_ordinary_model(decoder_pair, train_file, tmp_path):
     pytest.importorskip("peft")
     out = tmp_path / "lora"
-    assert cli_main(align_argv(decoder_pair, train_file, out, "--lora_r", "8", "--learning_rate", "3e-2")) == 0
+    assert cli_main(align_argv(decoder_pair, train_file, out, "--lora_r", "8", "--learning_rate", "1e-2")) == 0
     report = json.loads((out / "align_report.json").read_text())
     assert report["training"]["lora"]["r"] == 8
     assert_agreement_rose_on_training_inputs(report)
@@ -197,3 +221,71 @@ def test_accelerate_launch_with_two_processes(decoder_pair, train_file, tmp_path
     assert [r["id"] for r in teacher] == [e.id for e in read_examples(train_file)]  # merged, in data order
     assert not list((out / "align").glob("predictions_large.rank*.jsonl"))
     AutoModelForCausalLM.from_pretrained(out)
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints: an interrupted fine-tuning resumes where it stopped, and ends where an uninterrupted one does
+
+
+class Interrupted(Exception):
+    pass
+
+
+def interrupt_after(monkeypatch, saves: int) -> None:
+    """Make the run stop (as a killed process would) right after its `saves`-th checkpoint."""
+    original, count = align.save_checkpoint, {"n": 0}
+
+    def save_then_stop(*args, **kwargs):
+        original(*args, **kwargs)
+        count["n"] += 1
+        if count["n"] == saves:
+            raise Interrupted
+
+    monkeypatch.setattr(align, "save_checkpoint", save_then_stop)
+
+
+RESUMABLE = ("--num_train_epochs", "2", "--save_steps", "1", "--lora_r", "4", "--lora_dropout", "0.1")
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(decoder_pair, train_file, folder):
+    pytest.importorskip("peft")
+    out = folder / "uninterrupted"
+    assert cli_main(align_argv(decoder_pair, train_file, out, *RESUMABLE)) == 0
+    return out
+
+
+# 4 training inputs in batches of 2: saves after update 1 (mid-epoch), 2 (end of epoch 1), 3, 4.
+@pytest.mark.parametrize("saves", [1, 2])
+def test_interrupted_training_resumes_to_the_same_model(saves, uninterrupted, decoder_pair, train_file, tmp_path,
+                                                        monkeypatch):
+    out = tmp_path / "resumed"
+    interrupt_after(monkeypatch, saves)
+    with pytest.raises(Interrupted):
+        cli_main(align_argv(decoder_pair, train_file, out, *RESUMABLE))
+    assert (out / "align" / align.CHECKPOINT).exists() and not (out / "align_report.json").exists()
+    monkeypatch.undo()
+
+    assert cli_main(align_argv(decoder_pair, train_file, out, *RESUMABLE)) == 0
+    assert not (out / "align" / align.CHECKPOINT).exists()  # deleted once the model is saved
+    report = json.loads((out / "align_report.json").read_text())
+    expected = json.loads((uninterrupted / "align_report.json").read_text())
+    assert report["agreement"] == expected["agreement"]  # "before" came from the checkpoint
+    assert report["training"]["epoch_losses"] == pytest.approx(expected["training"]["epoch_losses"])
+    resumed = AutoModelForCausalLM.from_pretrained(out).state_dict()
+    for name, value in AutoModelForCausalLM.from_pretrained(uninterrupted).state_dict().items():
+        assert torch.equal(resumed[name], value), name
+
+
+def test_a_checkpoint_of_other_settings_is_refused(decoder_pair, train_file, tmp_path, monkeypatch):
+    pytest.importorskip("peft")
+    out = tmp_path / "changed"
+    interrupt_after(monkeypatch, 1)
+    with pytest.raises(Interrupted):
+        cli_main(align_argv(decoder_pair, train_file, out, *RESUMABLE))
+    monkeypatch.undo()
+    with pytest.raises(SystemExit, match="other settings"):
+        cli_main(align_argv(decoder_pair, train_file, out, *RESUMABLE, "--learning_rate", "1e-3"))
+    # --overwrite_output_dir starts afresh.
+    assert cli_main(align_argv(decoder_pair, train_file, out, *RESUMABLE, "--learning_rate", "1e-3",
+                               "--overwrite_output_dir")) == 0

@@ -4,6 +4,8 @@ import importlib.util
 import json
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -46,3 +48,55 @@ def test_gpu_bench_logic_on_cpu(tmp_path):
     assert best["rollbacks"] == 0 and best["fallbacks"] == 0 and best["committed_tokens"] == 6
     assert worst["drafted_tokens"] == 0 and worst["large_forward_calls"] == 6
     assert report["estimate"]["label"].startswith("ESTIMATE")
+
+
+def _sweep(small: str, points: dict[str, tuple[float, float]], frontier: list[str]) -> dict:
+    rows = [{"point": "large", "system": "large", "quality": 50.0, "speedup": 1.0},
+            {"point": "small", "system": "small", "quality": 40.0, "speedup": 2.0}]
+    rows += [{"point": p, "system": "bild", "speedup": s, "quality": q, "mean_tokens_per_large_call": 4.0}
+             for p, (s, q) in points.items()]
+    return {"task": "translation", "metric": "bleu", "examples": 50, "output_dir": small,
+            "models": {"small": small, "large": "L"}, "rows": rows, "frontier": frontier,
+            "recommended": frontier[-1], "command": "..."}
+
+
+def test_compare_sweeps_dominance_table_and_plot(tmp_path):
+    compare = _load("compare_sweeps")
+    a = [{"speedup": 1.2, "quality": 50.0}, {"speedup": 1.5, "quality": 49.0}]
+    b = [{"speedup": 1.1, "quality": 50.0}, {"speedup": 1.5, "quality": 48.0}]
+    assert compare.covers(a, b) and not compare.covers(b, a)
+    assert compare.verdict("x", "y", {"x": a, "y": b}) == "the x frontier dominates the y one"
+    assert compare.verdict("y", "x", {"x": a, "y": b}) == "the x frontier dominates the y one"
+    crossing = [{"speedup": 1.6, "quality": 47.0}]
+    assert compare.verdict("x", "z", {"x": a, "z": crossing}).startswith("neither")
+
+    unaligned = _sweep("S", {"0.6_2": (1.3, 49.8), "0.4_5": (1.6, 47.0), "0.8_2": (1.1, 49.0)}, ["0.6_2", "0.4_5"])
+    aligned = _sweep("S-aligned", {"0.6_2": (1.4, 50.1), "0.4_5": (1.7, 48.0), "0.8_2": (1.2, 49.5)},
+                     ["0.6_2", "0.4_5"])
+    for name, sweep in (("u.json", unaligned), ("a.json", aligned)):
+        (tmp_path / name).write_text(json.dumps(sweep))
+    assert compare.main([f"unaligned={tmp_path / 'u.json'}", f"aligned={tmp_path / 'a.json'}",
+                         "--output_dir", str(tmp_path / "out")]) == 0
+    result = json.loads((tmp_path / "out" / "compare.json").read_text())
+    assert result["verdict"] == "the aligned frontier dominates the unaligned one"
+    table = (tmp_path / "out" / "compare.md").read_text()
+    # quality, speed-up and tokens per large call of each run; frontier points starred
+    assert "| 0.6_2 | 49.80 | 50.10 | 1.30* | 1.40* |" in table and "| 0.8_2 | 49.00 | 49.50 | 1.10 | 1.20 |" in table
+    assert (tmp_path / "out" / "compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    other = _sweep("S", {"0.6_2": (1.3, 49.8)}, ["0.6_2"])
+    other["examples"] = 20
+    (tmp_path / "o.json").write_text(json.dumps(other))
+    with pytest.raises(SystemExit, match="same inputs"):
+        compare.main([f"u={tmp_path / 'u.json'}", f"o={tmp_path / 'o.json'}", "--output_dir", str(tmp_path / "x")])
+
+
+def test_metrics_table_renders_a_committed_run():
+    from bild.evaluation import STATS_COUNTERS
+
+    metrics = json.loads((ROOT / "benchmarks/runs/translation-qwen-de-en-test100/metrics.json").read_text())
+    text = _load("metrics_table").tables(metrics)
+    for name, system in metrics["systems"].items():
+        assert f"| {name} | {system['quality']['bleu']:.2f} |" in text
+    for counter in STATS_COUNTERS:
+        assert f"| {counter} |" in text
