@@ -8,7 +8,8 @@ Each run's speed-ups are against the large model timed in that run, so the two a
 when the machine's speed drifts between runs. Writes `compare.json`, `compare.md` (a table of every
 grid point of every run and the verdict) and `compare.png` (both frontiers on one plot).
 
-Only BiLD's grid points count (the small model alone differs between runs). Frontier B is
+Only BiLD's grid points that every run has count (the small model alone differs between runs, and a
+point one run skipped must not decide the verdict); each run's frontier is recomputed on them. Frontier B is
 *covered* by frontier A when every point of B is matched by a point of A at least as
 fast and at least as good; A *dominates* B when it covers B and B does not cover A.
 """
@@ -18,7 +19,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bild.sweep import pareto_frontier  # noqa: E402
 
 COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:purple")
 
@@ -39,6 +44,10 @@ def verdict(first: str, second: str, fronts: dict[str, list[dict]]) -> str:
     return f"neither frontier dominates: each of {first} and {second} has points the other does not match"
 
 
+def point_order(point: str) -> tuple[float, ...]:
+    return tuple(float(x) for x in point.split("_"))
+
+
 def bild_points(sweep: dict) -> dict[str, dict]:
     return {r["point"]: r for r in sweep["rows"] if r["system"] == "bild"}
 
@@ -49,8 +58,13 @@ def compare(sweeps: dict[str, dict]) -> dict:
     if len(inputs) != 1:
         raise SystemExit(f"the sweeps differ in task, metric, number of examples or large model: {sorted(inputs)}; "
                          "compare runs on the same inputs with the same large model.")
-    # BiLD's points only: the small model alone is a different model in each run.
-    fronts = {n: [bild_points(s)[p] for p in s["frontier"] if p in bild_points(s)] for n, s in sweeps.items()}
+    # BiLD's points only (the small model alone is a different model in each run), and only the grid points
+    # every run has, so that a point one run skipped cannot decide the verdict.
+    common = set.intersection(*(set(bild_points(s)) for s in sweeps.values()))
+    if not common:
+        raise SystemExit("the sweeps have no grid point in common; sweep the same thresholds.")
+    fronts = {n: pareto_frontier([p for name, p in bild_points(s).items() if name in common])
+              for n, s in sweeps.items()}
     references = {n: {r["system"]: r for r in s["rows"] if r["system"] != "bild"} for n, s in sweeps.items()}
     return {
         "metric": sweeps[names[0]]["metric"], "examples": sweeps[names[0]]["examples"],
@@ -58,6 +72,7 @@ def compare(sweeps: dict[str, dict]) -> dict:
                      "command": s["command"], "large_quality": references[n]["large"]["quality"],
                      "small": references[n]["small"], "frontier": [p["point"] for p in fronts[n]],
                      "points": bild_points(s)} for n, s in sweeps.items()},
+        "common_points": sorted(common, key=point_order),
         "verdict": verdict(names[0], names[1], fronts) if len(names) == 2 else None,
     }
 
@@ -65,8 +80,7 @@ def compare(sweeps: dict[str, dict]) -> dict:
 def markdown(result: dict) -> str:
     runs = result["runs"]
     names = list(runs)
-    grid = sorted({p for r in runs.values() for p in r["points"]},
-                  key=lambda p: tuple(float(x) for x in p.split("_")))
+    grid = sorted({p for r in runs.values() for p in r["points"]}, key=point_order)
     metric = result["metric"]
     head = ["point (FB_RB)", *(f"{metric} {n}" for n in names), *(f"speed-up {n}" for n in names),
             *(f"tokens/large call {n}" for n in names)]
@@ -89,7 +103,7 @@ def markdown(result: dict) -> str:
         lines.append(f"| {point} | " + " | ".join(
             [cell(n, point, "quality", ".2f") for n in names] + [cell(n, point, "speedup", ".2f") for n in names]
             + [cell(n, point, "mean_tokens_per_large_call", ".2f") for n in names]) + " |")
-    lines += ["", "\\* on that run's Pareto frontier. "
+    lines += ["", "\\* on that run's Pareto frontier among the grid points all runs have. "
               + "; ".join(f"{n} recommends {r['recommended'] or 'no setting'}" for n, r in runs.items()) + "."]
     if result["verdict"]:
         lines += ["", f"Verdict: {result['verdict']}."]

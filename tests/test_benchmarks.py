@@ -70,7 +70,9 @@ def test_compare_sweeps_dominance_table_and_plot(tmp_path):
     crossing = [{"speedup": 1.6, "quality": 47.0}]
     assert compare.verdict("x", "z", {"x": a, "z": crossing}).startswith("neither")
 
-    unaligned = _sweep("S", {"0.6_2": (1.3, 49.8), "0.4_5": (1.6, 47.0), "0.8_2": (1.1, 49.0)}, ["0.6_2", "0.4_5"])
+    # 0.3_9 only in one run: it would dominate everything, but a point the other run lacks cannot count.
+    unaligned = _sweep("S", {"0.6_2": (1.3, 49.8), "0.4_5": (1.6, 47.0), "0.8_2": (1.1, 49.0), "0.3_9": (2.0, 49.9)},
+                       ["0.6_2", "0.4_5", "0.3_9"])
     aligned = _sweep("S-aligned", {"0.6_2": (1.4, 50.1), "0.4_5": (1.7, 48.0), "0.8_2": (1.2, 49.5)},
                      ["0.6_2", "0.4_5"])
     for name, sweep in (("u.json", unaligned), ("a.json", aligned)):
@@ -79,8 +81,11 @@ def test_compare_sweeps_dominance_table_and_plot(tmp_path):
                          "--output_dir", str(tmp_path / "out")]) == 0
     result = json.loads((tmp_path / "out" / "compare.json").read_text())
     assert result["verdict"] == "the aligned frontier dominates the unaligned one"
+    assert result["common_points"] == ["0.4_5", "0.6_2", "0.8_2"]
+    assert result["runs"]["unaligned"]["frontier"] == ["0.6_2", "0.4_5"]  # recomputed on the common points
     table = (tmp_path / "out" / "compare.md").read_text()
     # quality, speed-up and tokens per large call of each run; frontier points starred
+    assert "| 0.3_9 | 49.90 | - | 2.00 | - |" in table
     assert "| 0.6_2 | 49.80 | 50.10 | 1.30* | 1.40* |" in table and "| 0.8_2 | 49.00 | 49.50 | 1.10 | 1.20 |" in table
     assert (tmp_path / "out" / "compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
