@@ -131,7 +131,7 @@ def plot(result: dict, path: Path) -> None:
     ax.axvline(1.0, color="0.5", ls="--", lw=1)
     ax.set_xlabel("speed-up over large greedy (timed in the same run)")
     ax.set_ylabel(result["metric"])
-    ax.set_title(f"BiLD frontiers on {result['examples']} examples" + (f": {result['verdict']}" if result["verdict"]
+    ax.set_title(f"BiLD frontiers on {result['examples']} examples" + (f":\n{result['verdict']}" if result["verdict"]
                                                                        else ""), fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="best")
