@@ -18,12 +18,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bild.sweep import pareto_frontier  # noqa: E402
+from bild.sweep import pareto_frontier, save_png  # noqa: E402
 
 COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:purple")
 
@@ -135,10 +134,7 @@ def plot(result: dict, path: Path) -> None:
                                                                        else ""), fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="best")
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    fig.savefig(tmp, format="png")
-    os.replace(tmp, path)
+    save_png(fig, path)
 
 
 def main(argv=None) -> int:

@@ -345,6 +345,11 @@ def plot_sweep(rows: list[dict], frontier: list[dict], recommended: dict | None,
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="best")
+    save_png(fig, path)
+
+
+def save_png(fig, path: Path) -> None:
+    """Lay out `fig` and write it to `path` as PNG, atomically (a reader never sees half a file)."""
     fig.tight_layout()
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     fig.savefig(tmp, format="png")
