@@ -95,17 +95,25 @@ def replay(match: list[bool], probs: list[float], policy: str, threshold: float,
 
 
 def oracle(match: list[bool], costs: dict) -> dict:
-    """The fastest lossless schedule: each run of r tokens the small model gets right is drafted in
-    r small steps and checked in one large pass that also supplies the token after it."""
-    t, pos, small, large, ms = len(match), 0, 0, 0, 0.0
-    while pos < t:
-        run = 0
-        while pos + run < t and match[pos + run]:
-            run += 1
-        small += run
-        large += 1
-        ms += run * costs["small_step"] + verify_ms(costs, run + 1)
-        pos += run + (0 if pos + run == t else 1)
+    """The fastest lossless schedule, found by dynamic programming over the rounds.
+
+    A round drafts d tokens the small model gets right (d small steps) and checks them in one large
+    pass over d + 1 tokens, which also supplies the token after them. So a round ending at the end of
+    the sequence can leave its last token to the large pass instead of drafting it. Every schedule
+    the replay models is one of these, so this bounds them all.
+    """
+    t = len(match)
+    best = [(0.0, 0, 0)] * (t + 1)  # from position i to the end: (ms, small steps, large calls)
+    for pos in range(t - 1, -1, -1):
+        options, d = [], 0
+        while True:
+            ms, small, large = best[min(pos + d + 1, t)]
+            options.append((d * costs["small_step"] + verify_ms(costs, d + 1) + ms, small + d, large + 1))
+            if pos + d >= t or not match[pos + d]:
+                break
+            d += 1
+        best[pos] = min(options)
+    ms, small, large = best[0]
     return {"ms": ms, "small_steps": small, "large_calls": large}
 
 
