@@ -2,17 +2,18 @@
 
     from bild import BiLDGenerator
     generator = BiLDGenerator(small, large, fallback_threshold=0.6, rollback_threshold=2.0)
-    out = generator.generate(**inputs, max_new_tokens=64, do_sample=False)
+    out = generator.generate(**inputs, max_new_tokens=64)  # greedy or sampling, as the config says
 
 or, inside transformers' own generate:
 
     from bild import bild_generate
-    large.generate(**inputs, custom_generate=bild_generate, small_model=small, do_sample=False)
+    large.generate(**inputs, custom_generate=bild_generate, small_model=small)
 """
 
 from .config import ALWAYS_FALLBACK, BiLDConfig
-from .decode import BiLDOutput, bild_generate
+from .decode import BiLDOutput
 from .generator import BiLDGenerator
+from .hf import bild_generate
 from .stats import BiLDStats
 
 __version__ = "0.1.0"

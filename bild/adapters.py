@@ -60,6 +60,7 @@ class ModelAdapter:
         static_length: int | None = None,
         pad_to=None,
         compiled_forward=None,
+        sync: bool = False,
     ):
         self.model = model
         self.static_length = static_length  # preallocate a static KV cache of this many slots
@@ -78,7 +79,7 @@ class ModelAdapter:
         self.seen = torch.zeros(batch_size, dtype=torch.long, device=work_device)  # (B,) sequence prefix in cache
         self.calls = 0
         self.seconds = 0.0
-        self.sync = False  # synchronise the device around forwards when profiling
+        self.sync = sync  # synchronise the device around forwards when profiling
 
     def _new_cache(self):
         if self.static_length is not None:
@@ -108,7 +109,7 @@ class ModelAdapter:
         # A fixed width (trailing dummy slots, masked and dropped right after) for the compiled forward.
         width = self.pad_to(T) if self.pad_to is not None else None
         T = width or T
-        self.forward_fn = self.compiled_forward if width else self.model.forward
+        forward = self.compiled_forward if width else self.model.forward
         if self.static_length is not None and self.slot_valid.shape[1] + T > self.static_length:
             raise RuntimeError(
                 f"bild: the static cache of {self.static_length} slots is full; use the dynamic cache for this request."
@@ -129,7 +130,7 @@ class ModelAdapter:
         start = time.perf_counter()
         if self.sync and self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
-        logits = self._forward(tokens, real, positions, keep)  # (B, keep, V)
+        logits = self._forward(forward, tokens, real, positions, keep)  # (B, keep, V)
         if self.sync and self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         self.seconds += time.perf_counter() - start
@@ -161,7 +162,8 @@ class ModelAdapter:
         self.slot_index = self.slot_index[:, :new_len]
         self.slot_valid = self.slot_valid[:, :new_len]
 
-    def _forward(self, tokens, real, positions, keep) -> torch.Tensor:
+    def _forward(self, forward, tokens, real, positions, keep) -> torch.Tensor:
+        """Run `forward` (the model's, or its compiled step) on one block; logits (B, keep, V)."""
         raise NotImplementedError
 
 
@@ -169,14 +171,14 @@ class DecoderOnlyAdapter(ModelAdapter):
     """GPT-2, Llama, Qwen2, ...: rows share one cache; holes and left padding are masked and
     explicit position ids keep every row's positions what they would be alone."""
 
-    def _forward(self, tokens, real, positions, keep):
+    def _forward(self, forward, tokens, real, positions, keep):
         # Without holes (every cached slot valid, dummies only after the real tokens) the causal mask
         # alone is exact: no mask lets attention take its fast path and keeps compiled shapes fixed.
         holes = not bool(self.slot_valid.all()) or _has_gap(real)
         kwargs = {self.cache_kw: self.cache}
         if self.keeps_logits:
             kwargs["logits_to_keep"] = keep
-        out = self.forward_fn(
+        out = forward(
             input_ids=tokens.to(self.device),
             attention_mask=torch.cat([self.slot_valid, real], dim=1).to(self.device, torch.long) if holes else None,
             position_ids=positions.to(self.device),
@@ -212,14 +214,14 @@ class EncoderDecoderAdapter(ModelAdapter):
             )
         return EncoderDecoderCache(DynamicCache(config=self.model.config), DynamicCache(config=self.model.config))
 
-    def _forward(self, tokens, real, positions, keep):
+    def _forward(self, forward, tokens, real, positions, keep):
         # Padding dummies may only trail the real tokens: the decoder has no position ids to skip holes.
         if _has_gap(real) or not bool(self.slot_valid.all()):
             raise RuntimeError("bild: an encoder-decoder cache got a hole; this is a bug in the decode loop.")
         kwargs = {self.cache_kw: self.cache}
         if self.keeps_logits:
             kwargs["logits_to_keep"] = keep
-        out = self.forward_fn(
+        out = forward(
             encoder_outputs=self.encoder_outputs,
             attention_mask=self.encoder_mask,
             decoder_input_ids=tokens.to(self.device),

@@ -8,18 +8,19 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, PreTrainedModel
 
 from .config import BiLDConfig
-from .decode import bild_generate, compile_roles
+from .hf import bild_generate, check_streamer, compile_roles
 from .validation import check_generation_config, check_pair
 
 _FORWARDED_TO_BILD = ("small_model", "custom_generate", "bild_config", "small_tokenizer", "large_tokenizer",
-                      "static_cache", "compile")
+                      "static_cache", "compile", "bild_streamer")
 
 
 class BiLDGenerator:
     """Wraps a small and a large `PreTrainedModel` (both encoder-decoder or both decoder-only).
 
-    `generate` takes what `large.generate` takes and returns what it would return (greedy); with
-    `return_dict_in_generate=True` the output also carries BiLD's `stats`.
+    `generate` takes what `large.generate` takes and returns what it would return (greedy, or sampling
+    when the generation config says do_sample=True); with `return_dict_in_generate=True` the output also
+    carries BiLD's `stats`.
     """
 
     def __init__(
@@ -78,16 +79,24 @@ class BiLDGenerator:
         return config
 
     @torch.no_grad()
-    def generate(self, input_ids=None, attention_mask=None, generation_config=None, **kwargs):
-        """Greedy generation with fallback and rollback; same arguments and output as `large.generate`."""
+    def generate(self, input_ids=None, attention_mask=None, generation_config=None, streamer=None, generator=None, **kwargs):
+        """BiLD generation; same arguments and output as `large.generate`.
+
+        do_sample=True (passed, or from the model's generation config) samples exactly by speculative
+        sampling at rollback_threshold=0; `generator` (a torch.Generator) or torch.manual_seed make it
+        reproducible. streamer (TextStreamer, TextIteratorStreamer; batch 1) gets verified tokens only.
+        """
         clash = [k for k in _FORWARDED_TO_BILD if k in kwargs]
         if clash:
-            raise ValueError(f"{clash} are set by BiLDGenerator itself; pass thresholds to BiLDGenerator(...) instead.")
-        for unsupported in ("assistant_model", "streamer"):
-            if kwargs.get(unsupported) is not None:
-                raise ValueError(f"BiLDGenerator.generate does not support {unsupported}: BiLD is its own assistant.")
+            raise ValueError(f"{clash} are set by BiLDGenerator itself; pass thresholds to BiLDGenerator(...) and a "
+                             "streamer as streamer=... instead.")
+        if kwargs.get("assistant_model") is not None:
+            raise ValueError("BiLDGenerator.generate does not support assistant_model: BiLD is its own assistant.")
         # Fail before transformers runs an encoder or allocates anything.
-        check_generation_config(self.generation_config(generation_config, **kwargs))
+        config = self.generation_config(generation_config, **kwargs)
+        check_generation_config(config)
+        if input_ids is not None:
+            check_streamer(streamer, input_ids.shape[0] * (config.num_return_sequences or 1))
         if input_ids is not None and input_ids.numel() == 0 and input_ids.shape[0] == 0:
             return input_ids
         return self.large.generate(
@@ -101,6 +110,8 @@ class BiLDGenerator:
             large_tokenizer=self.large_tokenizer,
             static_cache=self.static_cache,
             compile=self.compile,
+            generator=generator,
+            bild_streamer=streamer,  # transformers keeps `streamer=` from a custom_generate function
             **kwargs,
         )
 

@@ -52,3 +52,27 @@ def first_rejection(
 ) -> torch.Tensor:
     """Number of drafts accepted per row (B,): the index of the first rejected draft, or num_drafts."""
     return first_true_index(rejection_mask(draft_logprobs, drafts, large_argmax, threshold), num_drafts)
+
+
+def acceptance_probability(p_draft: torch.Tensor, q_draft: torch.Tensor, threshold: float) -> torch.Tensor:
+    """Probability of keeping a draft d ~ q in sampling mode, elementwise over (...) tensors.
+
+    p_draft, q_draft: the large and small model's processed probabilities of the draft. Speculative
+    sampling keeps it with probability min(1, p/q) (Leviathan et al. / Chen et al.); BiLD's rollback
+    relaxes that: a draft with cross-entropy -log p <= threshold is kept outright, so threshold 0 is exact.
+    """
+    p_draft, q_draft = p_draft.double(), q_draft.double()
+    # q(d) > 0 for every drawn draft; the guard only keeps padded positions finite.
+    ratio = torch.where(q_draft > 0, p_draft / q_draft.clamp(min=torch.finfo(torch.float64).tiny), 1.0).clamp(max=1.0)
+    return torch.where(-torch.log(p_draft) <= threshold, 1.0, ratio)
+
+
+def residual_distribution(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """normalize(max(0, p - q)) over the last dim (..., V): where a rejected draft's replacement is drawn from.
+
+    A rejection needs p(d) < q(d), so some token has p > q and the sum is positive; p is returned
+    where it is not (p == q up to rounding), so the result is always a distribution.
+    """
+    excess = (p - q).clamp(min=0)
+    total = excess.sum(dim=-1, keepdim=True)
+    return torch.where(total > 0, excess / torch.where(total > 0, total, 1.0), p)

@@ -66,8 +66,6 @@ def check_pair(small: PreTrainedModel, large: PreTrainedModel, small_tokenizer=N
 
 _UNSUPPORTED = (
     ("num_beams", lambda v: v is not None and v > 1, "beam search (num_beams > 1)", "num_beams=1"),
-    ("do_sample", lambda v: bool(v), "sampling (do_sample=True)", "do_sample=False"),
-    ("num_return_sequences", lambda v: v is not None and v > 1, "num_return_sequences > 1", "num_return_sequences=1"),
     ("penalty_alpha", lambda v: v is not None and v > 0, "contrastive search (penalty_alpha)", "penalty_alpha=None"),
     ("output_scores", bool, "output_scores", "output_scores=False"),
     ("output_logits", bool, "output_logits", "output_logits=False"),
@@ -84,16 +82,15 @@ def check_generation_config(config: GenerationConfig) -> None:
     for attr, bad, what, fix in _UNSUPPORTED:
         value = getattr(config, attr, None)
         if bad(value):
-            hint = ""
-            if attr == "do_sample":
-                hint = (
-                    " (the model's own generation_config.json may turn sampling on: Qwen and Llama instruct "
-                    "models do)"
-                )
             raise ValueError(
-                f"BiLD decodes greedily and does not support {what} yet{hint}. Pass {fix} to generate, "
-                "or call the model's own generate for that mode."
+                f"BiLD does not support {what} yet. Pass {fix} to generate, or call the model's own generate for that mode."
             )
+    if not config.do_sample and (config.num_return_sequences or 1) > 1:
+        # As transformers: greedy decoding has one answer per prompt.
+        raise ValueError(
+            f"Greedy decoding returns one sequence per prompt (num_return_sequences={config.num_return_sequences}); "
+            "pass do_sample=True for several sampled sequences per prompt, or num_return_sequences=1."
+        )
     if config.cache_implementation not in (None, "dynamic"):
         raise ValueError(
             f"BiLD manages its own dynamic KV caches; cache_implementation={config.cache_implementation!r} is not "

@@ -59,7 +59,7 @@ def test_static_cache_refuses_decoder_only_batches():
 @pytest.mark.parametrize("compile, compiled", [(True, {"small", "large"}), ("small", {"small"}), ("large", {"large"})])
 def test_compile_picks_the_models_it_names(compile, compiled, monkeypatch):
     """compile=True compiles both models' steps, "small"/"large" only that one; output as the dynamic path."""
-    import bild.decode
+    import bild.hf
 
     small, large = tiny_pair("qwen2", "disagree", seed=2)
     inputs = batch_inputs(prompts(1, seed=4, min_len=4), False)
@@ -71,7 +71,7 @@ def test_compile_picks_the_models_it_names(compile, compiled, monkeypatch):
         seen.add(owners[id(fn.__self__)])
         return fn
 
-    monkeypatch.setattr(bild.decode.torch, "compile", fake_compile)
+    monkeypatch.setattr(bild.hf.torch, "compile", fake_compile)
     got = BiLDGenerator(small, large, 0.4, 1.0, 4, compile=compile).generate(**inputs, max_new_tokens=12)
     assert seen == compiled
     assert torch.equal(got, expected)

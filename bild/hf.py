@@ -1,0 +1,252 @@
+"""`bild_generate`: the BiLD loop as a transformers decoding strategy (`generate(custom_generate=...)`).
+
+transformers prepares the generation config, the logits processors (for sampling, its warpers
+too: temperature, top-k, top-p, min-p, typical), the stopping criteria, the expanded rows of
+`num_return_sequences` and the large model's encoder outputs, then calls `bild_generate` with the
+large model as `model`. Here: the request checks, one adapter pair per path (decoder-only: one
+batch; encoder-decoder: row by row) and the static-cache / compiled options (`FastPath`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from transformers import GenerationConfig, LogitsProcessorList, PreTrainedModel, StoppingCriteriaList
+
+from .adapters import DecoderOnlyAdapter, EncoderDecoderAdapter, encode
+from .choosers import Greedy, Sampler
+from .config import BiLDConfig
+from .decode import BiLDOutput, decode
+from .stats import BiLDStats
+from .validation import check_generation_config, check_left_padding, check_lengths, check_pair
+
+_IGNORED_MODEL_KWARGS = {
+    "attention_mask", "encoder_outputs", "position_ids", "cache", "past_key_values", "use_cache",
+    "logits_to_keep", "cache_position", "decoder_attention_mask", "token_type_ids", "output_attentions",
+    "output_hidden_states", "return_dict",
+}
+
+
+def bild_generate(
+    model: PreTrainedModel,
+    input_ids: torch.LongTensor,
+    logits_processor: LogitsProcessorList | None = None,
+    stopping_criteria: StoppingCriteriaList | None = None,
+    generation_config: GenerationConfig | None = None,
+    small_model: PreTrainedModel | None = None,
+    fallback_threshold: float = BiLDConfig.fallback_threshold,
+    rollback_threshold: float = BiLDConfig.rollback_threshold,
+    max_small_steps: int = BiLDConfig.max_small_steps,
+    bild_config: BiLDConfig | None = None,
+    small_tokenizer=None,
+    large_tokenizer=None,
+    bild_profile: bool = False,
+    static_cache: bool = False,
+    compile: bool | str = False,
+    generator: torch.Generator | None = None,
+    bild_streamer=None,
+    inputs_tensor: torch.Tensor | None = None,
+    **model_kwargs,
+):
+    """Big Little Decoder as a transformers decoding strategy.
+
+        large.generate(**inputs, custom_generate=bild_generate, small_model=small,
+                       fallback_threshold=0.6, rollback_threshold=2.0)
+
+    do_sample=True (e.g. from the model's own generation config) samples by speculative sampling
+    (see the spec's "Sampling"); num_return_sequences > 1 then returns independent rows.
+
+    generator: a `torch.Generator` for every random draw (default: torch's global one, like
+        transformers' sampling, so `torch.manual_seed` makes runs reproducible).
+    bild_streamer: a transformers streamer (TextStreamer, TextIteratorStreamer), batch 1; it gets the
+        prompt, then each round's verified tokens, then `end()`. transformers does not hand its own
+        `streamer=` to a custom_generate function (it only puts the prompt), hence the name.
+    static_cache: preallocated KV caches (prompt + max_new_tokens + one draft window); a rollback
+        moves a write pointer instead of cropping. Batch size 1 for decoder-only models.
+    compile: implies static_cache; the one-token draft step and the fixed-width verify step run
+        through `torch.compile` ("reduce-overhead", i.e. CUDA graphs, on a GPU). Drafts shorter
+        than the window are padded to max_small_steps + 1 so shapes never change. True compiles
+        both models; "small" or "large" only that one (the other runs eagerly on its static cache).
+    bild_profile: synchronise the device around each forward so stats.forward_seconds is exact.
+    """
+    cfg = bild_config if bild_config is not None else BiLDConfig(fallback_threshold, rollback_threshold, max_small_steps)
+    generation_config = generation_config if generation_config is not None else model.generation_config
+    vocab = check_request(model, small_model, input_ids, generation_config, small_tokenizer, large_tokenizer,
+                          bild_streamer, model_kwargs)
+    fast = FastPath.build(static_cache, compile_roles(compile), cfg, generation_config.max_length, input_ids, model)
+    run = Run(
+        processors=logits_processor if logits_processor is not None else LogitsProcessorList(),
+        criteria=stopping_criteria if stopping_criteria is not None else StoppingCriteriaList(),
+        cfg=cfg, max_length=generation_config.max_length, pad=_pad_token_id(generation_config),
+        sampling=bool(generation_config.do_sample), generator=generator, streamer=bild_streamer, profile=bild_profile,
+    )
+    if bild_streamer is not None:
+        bild_streamer.put(input_ids.cpu())
+    if model.config.is_encoder_decoder:
+        sequences, stats = _encoder_decoder(model, small_model, vocab, input_ids, inputs_tensor, model_kwargs, fast, run)
+    else:
+        sequences, stats = _decoder_only(model, small_model, vocab, input_ids, model_kwargs.get("attention_mask"), fast, run)
+    if bild_streamer is not None:
+        bild_streamer.end()
+    if generation_config.return_dict_in_generate:
+        return BiLDOutput(sequences=sequences, stats=stats)
+    return sequences
+
+
+def check_request(large, small, input_ids, generation_config, small_tokenizer, large_tokenizer, streamer, model_kwargs) -> int:
+    """Every refusal of a custom_generate call, before any forward; returns the shared vocabulary size."""
+    check_generation_config(generation_config)
+    vocab = check_pair(small, large, small_tokenizer, large_tokenizer)
+    unknown = sorted(k for k, v in model_kwargs.items() if v is not None and k not in _IGNORED_MODEL_KWARGS)
+    if unknown:
+        raise ValueError(f"BiLD does not support these model inputs yet: {unknown}. Pass input_ids and attention_mask only.")
+    check_streamer(streamer, input_ids.shape[0])
+    if not large.config.is_encoder_decoder:
+        if input_ids.shape[1] == 0:
+            raise ValueError("The prompt is empty: give at least one token (for example the tokenizer's BOS token).")
+        check_left_padding(model_kwargs.get("attention_mask"))
+    return vocab
+
+
+def check_streamer(streamer, rows: int) -> None:
+    """Streaming is for one sequence, as transformers' streamers are (rows = prompts x num_return_sequences)."""
+    if streamer is not None and rows != 1:
+        raise ValueError(
+            f"Streaming supports one sequence (batch size 1, num_return_sequences=1), as transformers' streamers "
+            f"do; this request has {rows} rows. Generate one prompt at a time, or drop the streamer."
+        )
+
+
+@dataclass(frozen=True)
+class Run:
+    """What the decode loop needs from the request, the same for every adapter pair."""
+
+    processors: LogitsProcessorList
+    criteria: StoppingCriteriaList
+    cfg: BiLDConfig
+    max_length: int
+    pad: int
+    sampling: bool
+    generator: torch.Generator | None
+    streamer: object
+    profile: bool
+
+    def decode(self, small, large, prompt, prompt_valid):
+        B = prompt.shape[0]
+        choose = Sampler(self.cfg.rollback_threshold, B, self.cfg.max_small_steps, self.generator) if self.sampling \
+            else Greedy(self.cfg.rollback_threshold)
+        return decode(small, large, prompt, prompt_valid, self.processors, self.criteria, choose, self.cfg,
+                      self.max_length, self.pad, self.streamer)
+
+
+def _decoder_only(model, small_model, vocab, input_ids, mask, fast: "FastPath", run: Run):
+    """One batch: rows share each model's cache (holes masked, explicit position ids)."""
+    check_lengths({"small": small_model, "large": model}, input_ids.shape[1], run.max_length)
+    device = input_ids.device
+    valid = torch.ones_like(input_ids, dtype=torch.bool) if mask is None else mask.to(device).bool()
+    B = input_ids.shape[0]
+    small = DecoderOnlyAdapter(small_model, B, device, vocab, sync=run.profile, **fast.options(small_model, "small"))
+    large = DecoderOnlyAdapter(model, B, device, sync=run.profile, **fast.options(model, "large"))
+    return run.decode(small, large, input_ids, valid)
+
+
+def _encoder_decoder(model, small_model, vocab, input_ids, inputs_tensor, model_kwargs, fast: "FastPath", run: Run):
+    """Row by row (see EncoderDecoderAdapter); each model encodes the source once."""
+    if inputs_tensor is None:
+        raise ValueError("Encoder-decoder BiLD needs the source tokens: call generate(input_ids=..., attention_mask=...).")
+    models = {"small": small_model, "large": model}
+    check_lengths(models, inputs_tensor.shape[1])
+    check_lengths(models, input_ids.shape[1], run.max_length)
+    device = input_ids.device
+    per_source = _expansion(input_ids, inputs_tensor)
+    source_mask = model_kwargs.get("attention_mask")  # (rows, S): expanded by transformers, inputs_tensor is not
+    small_enc = encode(small_model, inputs_tensor, None if source_mask is None else source_mask[::per_source])
+    large_enc = model_kwargs["encoder_outputs"]  # (rows, S, H), expanded
+
+    def adapter(m, role, vocab_size, encoder_outputs, mask):
+        return EncoderDecoderAdapter(m, 1, device, vocab_size, sync=run.profile, **fast.options(m, role),
+                                     encoder_outputs=encoder_outputs, encoder_mask=None if mask is None else mask.to(m.device))
+
+    outs, parts = [], []
+    for r in range(input_ids.shape[0]):
+        mask_r = None if source_mask is None else source_mask[r : r + 1]
+        small = adapter(small_model, "small", vocab, _row(small_enc, r // per_source), mask_r)
+        large = adapter(model, "large", None, _row(large_enc, r), mask_r)
+        seq, st = run.decode(small, large, input_ids[r : r + 1], torch.ones_like(input_ids[r : r + 1], dtype=torch.bool))
+        outs.append(seq)
+        parts.append(st)
+    width = max(o.shape[1] for o in outs) if outs else input_ids.shape[1]
+    sequences = torch.full((len(outs), width), run.pad, dtype=torch.long, device=device)
+    for r, o in enumerate(outs):
+        sequences[r, : o.shape[1]] = o
+    return sequences, BiLDStats.concat(parts)
+
+
+def _expansion(input_ids, inputs_tensor) -> int:
+    """Rows per source: transformers expands input_ids for num_return_sequences, not inputs_tensor."""
+    return max(1, input_ids.shape[0] // max(1, inputs_tensor.shape[0]))
+
+
+def compile_roles(compile: bool | str) -> tuple[str, ...]:
+    """Which models `compile` asks to compile: True both, "small" or "large" one, False none."""
+    if compile is True:
+        return ("small", "large")
+    if compile is False or compile is None:
+        return ()
+    if compile in ("small", "large"):
+        return (compile,)
+    raise ValueError(f"compile must be True, False, 'small' or 'large', got {compile!r}.")
+
+
+@dataclass(frozen=True)
+class FastPath:
+    """Adapter options of the static-cache / compiled path; the default is dynamic caches, eager forwards."""
+
+    static_length: int | None = None  # slots of each static KV cache
+    window: int = 0  # max_small_steps + 1: the fixed width of a compiled verify step
+    compiled: tuple[str, ...] = ()  # "small" / "large": whose steps run through torch.compile
+
+    @classmethod
+    def build(cls, static: bool, compiled: tuple[str, ...], cfg: BiLDConfig, max_length: int, input_ids, large) -> "FastPath":
+        if not (static or compiled):
+            return cls()
+        if not large.config.is_encoder_decoder and input_ids.shape[0] > 1:
+            raise ValueError(
+                "static_cache/compile support batch size 1 for decoder-only models (rows of a batch leave masked holes "
+                "that a fixed-size cache cannot bound). Generate rows one at a time, or use the default dynamic cache."
+            )
+        window = cfg.max_small_steps + 1
+        # Slots: the committed sequence, one draft window, and the padding of a fixed-width step; rounded
+        # up to a multiple of 256 so prompts of different lengths share one cache shape (and compiled graph).
+        return cls(static_length=-(-(max_length + 2 * window) // 256) * 256, window=window, compiled=compiled)
+
+    def pad_to(self, width: int) -> int | None:
+        """Fixed width of a step of `width` tokens: 1 (a draft), the window (a verify), None (eager prefill)."""
+        return None if width > self.window else (1 if width == 1 else self.window)
+
+    def options(self, model: PreTrainedModel, role: str) -> dict:
+        if self.static_length is None:
+            return {}
+        out = {"static_length": self.static_length}
+        if role in self.compiled:
+            mode = "reduce-overhead" if model.device.type == "cuda" else None
+            # Dynamo caches graphs on the forward's code, so later calls reuse them.
+            out.update(pad_to=self.pad_to, compiled_forward=torch.compile(model.forward, mode=mode, dynamic=False))
+        return out
+
+
+def _pad_token_id(config: GenerationConfig) -> int:
+    for value in (config.pad_token_id, config.eos_token_id):
+        if isinstance(value, list):
+            value = value[0] if value else None
+        if isinstance(value, torch.Tensor):
+            value = int(value.flatten()[0])
+        if value is not None:
+            return int(value)
+    return 0
+
+
+def _row(encoder_outputs, r: int):
+    """Row r of an encoder output (keeps its ModelOutput type)."""
+    return encoder_outputs.__class__(**{k: v[r : r + 1] if isinstance(v, torch.Tensor) else v for k, v in encoder_outputs.items()})
