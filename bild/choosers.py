@@ -8,11 +8,21 @@ See ../shared/bild-spec.md ("One round", "Sampling"). Shapes: B rows, K drafts (
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import torch
 
 from .policy import (
     acceptance_probability, first_rejection, first_true_index, max_prob_and_argmax, residual_distribution, token_logprobs,
 )
+
+
+class Chooser(Protocol):
+    def propose(self, scores: torch.Tensor, rows: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """scores (n, V) processed small logits of `rows`, each at draft index `step` -> (max prob (n,), draft (n,))."""
+
+    def judge(self, scores: torch.Tensor, drafts: torch.Tensor, k: torch.Tensor, active: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """scores (B, K+1, V) processed large logits, drafts (B, K), k (B,) -> (accepted (B,), new token (B,))."""
 
 
 class Greedy:

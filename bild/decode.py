@@ -19,7 +19,7 @@ from transformers import LogitsProcessorList, StoppingCriteriaList
 from transformers.utils import ModelOutput
 
 from .adapters import ModelAdapter
-from .choosers import Greedy, Sampler
+from .choosers import Chooser
 from .config import ALWAYS_FALLBACK, BiLDConfig
 from .policy import fallback_mask
 from .stats import BiLDStats
@@ -70,7 +70,7 @@ def stops(criteria: StoppingCriteriaList, seq: torch.Tensor, rows: torch.Tensor,
     return out
 
 
-def draft(small: ModelAdapter, state: Rows, choose: Greedy | Sampler, processors, criteria, cfg: BiLDConfig, stats: BiLDStats) -> torch.Tensor:
+def draft(small: ModelAdapter, state: Rows, choose: Chooser, processors, criteria, cfg: BiLDConfig, stats: BiLDStats) -> torch.Tensor:
     """Small model drafts up to N tokens per active row into state.seq after each row's length; returns k (B,)."""
     active = ~state.done
     k = torch.zeros_like(state.length)
@@ -105,7 +105,7 @@ def draft(small: ModelAdapter, state: Rows, choose: Greedy | Sampler, processors
     return k
 
 
-def verify(large: ModelAdapter, state: Rows, k: torch.Tensor, choose: Greedy | Sampler, processors, stats: BiLDStats):
+def verify(large: ModelAdapter, state: Rows, k: torch.Tensor, choose: Chooser, processors, stats: BiLDStats):
     """One large forward over every unseen token; returns (accepted drafts (B,), new token (B,))."""
     active = ~state.done
     logits = large.feed(state.seq, state.seq_valid, state.n_pad, state.length + k, active, k + 1)  # (B, K+1, V)
@@ -146,7 +146,7 @@ def commit(state: Rows, k, accepted, new_token, criteria, max_length: int, stats
         state.length[r] = start + m
 
 
-def decode(small: ModelAdapter, large: ModelAdapter, prompt, prompt_valid, processors, criteria, choose: Greedy | Sampler,
+def decode(small: ModelAdapter, large: ModelAdapter, prompt, prompt_valid, processors, criteria, choose: Chooser,
            cfg: BiLDConfig, max_length: int, pad_token_id: int, streamer=None) -> tuple[torch.Tensor, BiLDStats]:
     """Generate for a batch of (left-padded) prompts (B, P); returns sequences (B, <= max_length) and stats.
 
