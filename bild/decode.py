@@ -150,7 +150,8 @@ def decode(small: ModelAdapter, large: ModelAdapter, prompt, prompt_valid, proce
            cfg: BiLDConfig, max_length: int, pad_token_id: int, streamer=None) -> tuple[torch.Tensor, BiLDStats]:
     """Generate for a batch of (left-padded) prompts (B, P); returns sequences (B, <= max_length) and stats.
 
-    streamer (batch 1): receives each round's committed tokens, once they are verified.
+    streamer (batch 1): gets the prompt, then each round's committed tokens once verified, then end(),
+    as transformers' own loops feed it.
     """
     B, P = prompt.shape
     device = prompt.device
@@ -162,6 +163,8 @@ def decode(small: ModelAdapter, large: ModelAdapter, prompt, prompt_valid, proce
     state = Rows(seq, seq_valid, (~prompt_valid).sum(1), torch.full((B,), P, device=device), torch.zeros(B, dtype=torch.bool, device=device))
     state.done |= state.length >= max_length
     stats = BiLDStats.zeros(B)
+    if streamer is not None:
+        streamer.put(prompt.cpu())
     start = time.perf_counter()
     while not bool(state.done.all()):
         before = state.length.clone()
@@ -175,6 +178,8 @@ def decode(small: ModelAdapter, large: ModelAdapter, prompt, prompt_valid, proce
         small.rollback_to(keep)
         large.rollback_to(keep)
     stats.loop_seconds = time.perf_counter() - start
+    if streamer is not None:
+        streamer.end()
     stats.forward_seconds = small.seconds + large.seconds
     end = int(state.length.max())
     out = state.seq[:, :end].clone()

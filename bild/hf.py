@@ -81,14 +81,10 @@ def bild_generate(
         cfg=cfg, max_length=generation_config.max_length, pad=_pad_token_id(generation_config),
         sampling=bool(generation_config.do_sample), generator=generator, streamer=bild_streamer, profile=bild_profile,
     )
-    if bild_streamer is not None:
-        bild_streamer.put(input_ids.cpu())
     if model.config.is_encoder_decoder:
         sequences, stats = _encoder_decoder(model, small_model, vocab, input_ids, inputs_tensor, model_kwargs, fast, run)
     else:
         sequences, stats = _decoder_only(model, small_model, vocab, input_ids, model_kwargs.get("attention_mask"), fast, run)
-    if bild_streamer is not None:
-        bild_streamer.end()
     if generation_config.return_dict_in_generate:
         return BiLDOutput(sequences=sequences, stats=stats)
     return sequences
