@@ -19,7 +19,7 @@ from transformers.utils import ModelOutput
 
 from .adapters import DecoderOnlyAdapter, EncoderDecoderAdapter, ModelAdapter, encode
 from .config import ALWAYS_FALLBACK, BiLDConfig
-from .policy import fallback_mask, first_rejection, max_prob_and_argmax, token_logprobs
+from .policy import fallback_mask, first_rejection, max_prob_and_argmax, rollback_thresholds, token_logprobs
 from .stats import BiLDStats
 from .validation import check_generation_config, check_left_padding, check_lengths, check_pair
 
@@ -41,6 +41,7 @@ class Rows:
     n_pad: torch.Tensor  # (B,)
     length: torch.Tensor  # (B,) committed tokens, padding included
     done: torch.Tensor  # (B,) bool
+    unsure: torch.Tensor  # (B, S) True at drafts below the fallback threshold (checked exactly)
 
 
 def _grouped_by_length(rows: torch.Tensor, prefix_lens: torch.Tensor):
@@ -86,13 +87,15 @@ def draft(small: ModelAdapter, state: Rows, processors, criteria, cfg: BiLDConfi
         rows = drafting.nonzero().flatten()
         scores = process(processors, state.seq, rows, upto[rows], logits[rows])
         max_p, token = max_prob_and_argmax(scores)
-        fell_back = fallback_mask(max_p, cfg.fallback_threshold)
+        fell_back = fallback_mask(max_p, cfg.stop_threshold)
         for r, fb in zip(rows.tolist(), fell_back.tolist()):
             stats.add("small_forward_calls", r)
             if fb:
                 stats.add("fallbacks", r)
         keep = rows[~fell_back]
         state.seq[keep, upto[keep]] = token[~fell_back]
+        if cfg.drafts_through_unsure:
+            state.unsure[keep, upto[keep]] = fallback_mask(max_p[~fell_back], cfg.fallback_threshold)
         k[keep] += 1
         for r in keep.tolist():
             stats.add("drafted_tokens", r)
@@ -119,12 +122,15 @@ def verify(large: ModelAdapter, state: Rows, k: torch.Tensor, processors, cfg: B
     K = width - 1
     draft_index = (state.length.unsqueeze(1) + torch.arange(K, device=k.device)).clamp(max=state.seq.shape[1] - 1)
     drafts = state.seq.gather(1, draft_index)  # (B, K)
-    if cfg.rollback_threshold == 0.0:
+    threshold = cfg.rollback_threshold
+    if threshold == 0.0:
         # Lossless mode: rejection is exactly "differs from the large argmax"; no log-softmax needed.
         logprobs = torch.where(drafts == large_argmax[:, :K], 0.0, -torch.inf)
     else:
         logprobs = token_logprobs(scores[:, :K], drafts)
-    accepted = first_rejection(logprobs, drafts, large_argmax[:, :K], k, cfg.rollback_threshold)
+        if cfg.drafts_through_unsure:
+            threshold = rollback_thresholds(state.unsure.gather(1, draft_index), threshold)
+    accepted = first_rejection(logprobs, drafts, large_argmax[:, :K], k, threshold)
     accepted = torch.where(active, accepted, 0)
     new_token = large_argmax.gather(1, accepted.unsqueeze(1)).squeeze(1)
     for r in active.nonzero().flatten().tolist():
@@ -163,7 +169,8 @@ def decode(small: ModelAdapter, large: ModelAdapter, prompt, prompt_valid, proce
     seq[:, :P] = prompt
     seq_valid = torch.ones(B, S, dtype=torch.bool, device=device)
     seq_valid[:, :P] = prompt_valid
-    state = Rows(seq, seq_valid, (~prompt_valid).sum(1), torch.full((B,), P, device=device), torch.zeros(B, dtype=torch.bool, device=device))
+    state = Rows(seq, seq_valid, (~prompt_valid).sum(1), torch.full((B,), P, device=device),
+                 torch.zeros(B, dtype=torch.bool, device=device), torch.zeros(B, S, dtype=torch.bool, device=device))
     state.done |= state.length >= max_length
     stats = BiLDStats.zeros(B)
     start = time.perf_counter()
@@ -178,6 +185,7 @@ def decode(small: ModelAdapter, large: ModelAdapter, prompt, prompt_valid, proce
         large.rollback_to(keep)
     stats.loop_seconds = time.perf_counter() - start
     stats.forward_seconds = small.seconds + large.seconds
+    stats.small_forward_seconds, stats.large_forward_seconds = small.seconds, large.seconds
     end = int(state.length.max())
     out = state.seq[:, :end].clone()
     out[torch.arange(end, device=device) >= state.length.unsqueeze(1)] = pad_token_id
@@ -212,6 +220,7 @@ def bild_generate(
     fallback_threshold: float = BiLDConfig.fallback_threshold,
     rollback_threshold: float = BiLDConfig.rollback_threshold,
     max_small_steps: int = BiLDConfig.max_small_steps,
+    draft_threshold: float | None = None,
     bild_config: BiLDConfig | None = None,
     small_tokenizer=None,
     large_tokenizer=None,
@@ -237,7 +246,8 @@ def bild_generate(
         both models; "small" or "large" only that one (the other runs eagerly on its static cache).
     bild_profile: synchronise the device around each forward so stats.forward_seconds is exact.
     """
-    cfg = bild_config if bild_config is not None else BiLDConfig(fallback_threshold, rollback_threshold, max_small_steps)
+    cfg = bild_config if bild_config is not None else BiLDConfig(fallback_threshold, rollback_threshold, max_small_steps,
+                                                                       draft_threshold)
     generation_config = generation_config if generation_config is not None else model.generation_config
     check_generation_config(generation_config)
     vocab = check_pair(small_model, model, small_tokenizer, large_tokenizer)

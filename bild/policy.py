@@ -28,8 +28,11 @@ def token_logprobs(scores: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     return picked - torch.logsumexp(scores, dim=-1)
 
 
-def rejection_mask(draft_logprobs: torch.Tensor, drafts: torch.Tensor, large_argmax: torch.Tensor, threshold: float) -> torch.Tensor:
-    """(B, K) True where a draft is rejected: -log p_L(d) > threshold and d != argmax p_L."""
+def rejection_mask(draft_logprobs: torch.Tensor, drafts: torch.Tensor, large_argmax: torch.Tensor,
+                   threshold: float | torch.Tensor) -> torch.Tensor:
+    """(B, K) True where a draft is rejected: -log p_L(d) > threshold and d != argmax p_L.
+
+    threshold: one number, or one per draft (B, K) (0 where a draft must be the large argmax exactly)."""
     return (-draft_logprobs > threshold) & (drafts != large_argmax)
 
 
@@ -48,7 +51,12 @@ def first_rejection(
     drafts: torch.Tensor,
     large_argmax: torch.Tensor,
     num_drafts: torch.Tensor,
-    threshold: float,
+    threshold: float | torch.Tensor,
 ) -> torch.Tensor:
     """Number of drafts accepted per row (B,): the index of the first rejected draft, or num_drafts."""
     return first_true_index(rejection_mask(draft_logprobs, drafts, large_argmax, threshold), num_drafts)
+
+
+def rollback_thresholds(unsure: torch.Tensor, threshold: float) -> torch.Tensor:
+    """(B, K) rollback threshold of each draft: 0 (exact) where the small model was unsure, else `threshold`."""
+    return torch.where(unsure, 0.0, threshold)

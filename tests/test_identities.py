@@ -42,11 +42,12 @@ def test_always_fallback_equals_large_greedy(arch):
 
 @pytest.mark.parametrize("arch", ARCHITECTURES)
 @pytest.mark.parametrize("mode", ["disagree", "agree"])
-def test_batch_rows_equal_rows_alone(arch, mode):
+@pytest.mark.parametrize("draft_threshold", [None, 0.1])
+def test_batch_rows_equal_rows_alone(arch, mode, draft_threshold):
     small, large = _pair(arch, mode)
     enc_dec = arch in ENCODER_DECODER
     rows = prompts(4, seed=3)
-    gen = BiLDGenerator(small, large, 0.4, 1.5, 5)
+    gen = BiLDGenerator(small, large, 0.4, 1.5, 5, draft_threshold=draft_threshold)
     batched = gen.generate(**batch_inputs(rows, enc_dec), max_new_tokens=MAX_NEW, return_dict_in_generate=True)
     for i, row in enumerate(rows):
         alone = gen.generate(**batch_inputs([row], enc_dec), max_new_tokens=MAX_NEW, return_dict_in_generate=True)
@@ -74,6 +75,25 @@ def test_cached_equals_no_cache_reference(arch, fb, rb, n):
     assert total["fallbacks"] == counts["fallbacks"]
     assert total["rollbacks"] == counts["rollbacks"]
     assert total["large_forward_calls"] == counts["rounds"]
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+@pytest.mark.parametrize("fb, dt, rb, n", [(0.6, 0.2, 2.0, 6), (0.9, 0.0, math.inf, 4)])
+def test_drafting_through_unsure_tokens_equals_reference(arch, fb, dt, rb, n):
+    """draft_threshold < fallback_threshold: unsure drafts are kept and checked exactly, confident ones with RB."""
+    small, large = _pair(arch, "disagree")
+    row = prompts(1, seed=6, min_len=5)[0]
+    inputs = batch_inputs([row], arch in ENCODER_DECODER)
+    out = BiLDGenerator(small, large, fb, rb, n, draft_threshold=dt).generate(
+        **inputs, max_new_tokens=MAX_NEW, return_dict_in_generate=True)
+    expected, counts = reference_bild(small, large, row, fb, rb, n, MAX_NEW, EOS, dt=dt)
+    assert out.sequences[0].tolist() == expected
+    total = out.stats.total()
+    assert (total["drafted_tokens"], total["rollbacks"], total["large_forward_calls"]) == (
+        counts["drafted"], counts["rollbacks"], counts["rounds"])
+    out.stats.check()
+    lossless = BiLDGenerator(small, large, fb, 0.0, n, draft_threshold=dt).generate(**inputs, max_new_tokens=MAX_NEW)
+    assert torch.equal(lossless, large.generate(**inputs, do_sample=False, max_new_tokens=MAX_NEW))
 
 
 @pytest.mark.parametrize("arch", ["qwen2", "t5"])
