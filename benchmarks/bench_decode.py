@@ -5,7 +5,7 @@
     python benchmarks/bench_decode.py            # tiny random models built on the fly (a smoke run)
 
 Systems: `large`, `small`, `assisted` (transformers' defaults), `assisted:N` (a constant N drafts per round),
-`bild:FB:RB[:N[:DT]]` (fallback, rollback, max small steps, draft threshold), optionally `+static`, `+compile`,
+`bild:FB:RB[:N][:keep]` (fallback, rollback, max small steps, `keep`: keep_fallback_draft=True), optionally `+static`, `+compile`,
 `+compile_small` or `+compile_large` after a BiLD setting (its fast-path variant).
 
 Prompts: JSON lines with a "prompt" field, or the translation layout of the Debian data
@@ -98,16 +98,16 @@ def sync(device):
 
 
 def parse_bild(spec: str) -> tuple[dict, dict]:
-    """'bild:FB:RB[:N[:DT]][+variant]' -> BiLDGenerator threshold kwargs, fast-path kwargs."""
+    """'bild:FB:RB[:N][:keep][+variant]' -> BiLDGenerator threshold kwargs, fast-path kwargs."""
     spec, _, variant = spec.partition("+")
     parts = spec.split(":")[1:]
-    if not 2 <= len(parts) <= 4 or (variant and variant not in FAST_VARIANTS):
-        raise SystemExit(f"bad BiLD system {spec!r}: write bild:FB:RB[:N[:DT]][+{'|'.join(FAST_VARIANTS)}]")
-    thresholds = {"fallback_threshold": float(parts[0]), "rollback_threshold": float(parts[1])}
+    keep = bool(parts) and parts[-1] == "keep"
+    parts = parts[:-1] if keep else parts
+    if not 2 <= len(parts) <= 3 or (variant and variant not in FAST_VARIANTS):
+        raise SystemExit(f"bad BiLD system {spec!r}: write bild:FB:RB[:N][:keep][+{'|'.join(FAST_VARIANTS)}]")
+    thresholds = {"fallback_threshold": float(parts[0]), "rollback_threshold": float(parts[1]), "keep_fallback_draft": keep}
     if len(parts) > 2:
         thresholds["max_small_steps"] = int(parts[2])
-    if len(parts) > 3:
-        thresholds["draft_threshold"] = float(parts[3])
     return thresholds, FAST_VARIANTS.get(variant, {})
 
 
@@ -134,7 +134,7 @@ def systems(names: list[str], small, large, max_new_tokens: int) -> dict:
             table[name] = lambda x, gen=gen: gen.generate(**x, **common, return_dict_in_generate=True,
                                                          bild_profile=True)
         else:
-            raise SystemExit(f"unknown system {name!r}: large, small, assisted, assisted:N or bild:FB:RB[:N[:DT]]")
+            raise SystemExit(f"unknown system {name!r}: large, small, assisted, assisted:N or bild:FB:RB[:N][:keep]")
     return table
 
 
@@ -224,9 +224,16 @@ def main(argv=None):
     names = args.systems.split(",")
     table = systems(names, small, large, args.max_new_tokens)
 
+    partial = Path(args.output).with_suffix(".partial.json")
+
     def progress(i, runs):
         line = ", ".join(f"{n} {sum(r['seconds']):.0f}s" for n, r in runs.items())
         print(f"[{i + 1}/{len(prompts)}] {line}", file=sys.stderr, flush=True)
+        if (i + 1) % 10 == 0:  # an interrupted run keeps what it timed
+            partial.parent.mkdir(parents=True, exist_ok=True)
+            partial.write_text(json.dumps({"args": vars(args), "prompts_done": i + 1, "runs": {
+                n: {"seconds": r["seconds"], "outputs": r["outputs"], "stats": [st.total() for st in r["stats"]]}
+                for n, r in runs.items()}}))
 
     monitor = ContentionMonitor().start()
     with torch.no_grad():
@@ -260,6 +267,7 @@ def main(argv=None):
               "results": results}
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(json.dumps(report, indent=2))
+    partial.unlink(missing_ok=True)
     print(f"wrote {args.output}")
     return report
 

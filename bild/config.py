@@ -23,18 +23,18 @@ class BiLDConfig:
         the paper's 2-5 range, the point that kept quality at the large model's level
         (IWSLT 40.33 BLEU vs 40.3 for large alone, at 1.43x).
     max_small_steps: at most this many drafts per round (paper and reference default: 10).
-    draft_threshold: the small model keeps drafting while its max probability is at least this; drafts
-        below `fallback_threshold` are then checked exactly (kept only if they are the large model's
-        argmax, as if the large model had taken over there), drafts at or above it with the rollback
-        threshold. None (default): equal to `fallback_threshold`, the paper's rule (stop at the first
-        unsure token and do not keep it). Lower values draft through unsure tokens: each kept one is a
-        small step not thrown away, and costs the large pass almost nothing. In [0, fallback_threshold].
+    keep_fallback_draft: when the small model falls back, keep the token it was unsure of as the
+        round's last draft, checked exactly: committed only if it is the large model's own argmax there
+        (the token the paper's rule would take from the large model at that position), else replaced
+        by it. The round still ends there. It costs no small-model step (that step was taken anyway)
+        and one more position in the large pass; with rollback 0 the output is unchanged. False: the
+        paper's rule (the unsure token is thrown away).
     """
 
     fallback_threshold: float = 0.6
     rollback_threshold: float = 2.0
     max_small_steps: int = 10
-    draft_threshold: float | None = None
+    keep_fallback_draft: bool = False
 
     def __post_init__(self):
         fb, rb, n = self.fallback_threshold, self.rollback_threshold, self.max_small_steps
@@ -51,26 +51,10 @@ class BiLDConfig:
             )
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ValueError(f"max_small_steps must be an integer >= 1, got {n!r}.")
-        dt = self.draft_threshold
-        if dt is not None:
-            if not isinstance(dt, (int, float)) or isinstance(dt, bool) or math.isnan(dt) or not 0.0 <= dt <= min(fb, 1.0):
-                raise ValueError(
-                    f"draft_threshold must be a number in [0, fallback_threshold] = [0, {min(fb, 1.0)}] or None, got {dt!r}: "
-                    "drafting through unsure tokens only makes sense below the fallback threshold."
-                )
-            object.__setattr__(self, "draft_threshold", float(dt))
+        if not isinstance(self.keep_fallback_draft, bool):
+            raise ValueError(f"keep_fallback_draft must be True or False, got {self.keep_fallback_draft!r}.")
         object.__setattr__(self, "fallback_threshold", float(fb))
         object.__setattr__(self, "rollback_threshold", float(rb))
-
-    @property
-    def stop_threshold(self) -> float:
-        """The small model stops drafting below this probability."""
-        return self.fallback_threshold if self.draft_threshold is None else self.draft_threshold
-
-    @property
-    def drafts_through_unsure(self) -> bool:
-        """Whether some drafts (those below the fallback threshold) are checked exactly."""
-        return self.draft_threshold is not None and self.draft_threshold < self.fallback_threshold
 
     def to_dict(self) -> dict:
         return asdict(self)

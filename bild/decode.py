@@ -41,7 +41,7 @@ class Rows:
     n_pad: torch.Tensor  # (B,)
     length: torch.Tensor  # (B,) committed tokens, padding included
     done: torch.Tensor  # (B,) bool
-    unsure: torch.Tensor  # (B, S) True at drafts below the fallback threshold (checked exactly)
+    unsure: torch.Tensor  # (B, S) True at kept fallback drafts (checked exactly)
 
 
 def _grouped_by_length(rows: torch.Tensor, prefix_lens: torch.Tensor):
@@ -87,19 +87,20 @@ def draft(small: ModelAdapter, state: Rows, processors, criteria, cfg: BiLDConfi
         rows = drafting.nonzero().flatten()
         scores = process(processors, state.seq, rows, upto[rows], logits[rows])
         max_p, token = max_prob_and_argmax(scores)
-        fell_back = fallback_mask(max_p, cfg.stop_threshold)
+        fell_back = fallback_mask(max_p, cfg.fallback_threshold)
         for r, fb in zip(rows.tolist(), fell_back.tolist()):
             stats.add("small_forward_calls", r)
             if fb:
                 stats.add("fallbacks", r)
-        keep = rows[~fell_back]
-        state.seq[keep, upto[keep]] = token[~fell_back]
-        if cfg.drafts_through_unsure:
-            state.unsure[keep, upto[keep]] = fallback_mask(max_p[~fell_back], cfg.fallback_threshold)
+        kept = torch.ones_like(fell_back) if cfg.keep_fallback_draft else ~fell_back
+        keep = rows[kept]
+        state.seq[keep, upto[keep]] = token[kept]
+        if cfg.keep_fallback_draft:
+            state.unsure[keep, upto[keep]] = fell_back[kept]
         k[keep] += 1
         for r in keep.tolist():
             stats.add("drafted_tokens", r)
-        finished = (k[keep] >= cfg.max_small_steps) | stops(criteria, state.seq, keep, upto[keep] + 1)
+        finished = (k[keep] >= cfg.max_small_steps) | fell_back[kept] | stops(criteria, state.seq, keep, upto[keep] + 1)
         drafting[:] = False
         drafting[keep[~finished]] = True
         if not bool(drafting.any()):
@@ -128,7 +129,7 @@ def verify(large: ModelAdapter, state: Rows, k: torch.Tensor, processors, cfg: B
         logprobs = torch.where(drafts == large_argmax[:, :K], 0.0, -torch.inf)
     else:
         logprobs = token_logprobs(scores[:, :K], drafts)
-        if cfg.drafts_through_unsure:
+        if cfg.keep_fallback_draft:
             threshold = rollback_thresholds(state.unsure.gather(1, draft_index), threshold)
     accepted = first_rejection(logprobs, drafts, large_argmax[:, :K], k, threshold)
     accepted = torch.where(active, accepted, 0)
@@ -220,7 +221,7 @@ def bild_generate(
     fallback_threshold: float = BiLDConfig.fallback_threshold,
     rollback_threshold: float = BiLDConfig.rollback_threshold,
     max_small_steps: int = BiLDConfig.max_small_steps,
-    draft_threshold: float | None = None,
+    keep_fallback_draft: bool = False,
     bild_config: BiLDConfig | None = None,
     small_tokenizer=None,
     large_tokenizer=None,
@@ -247,7 +248,7 @@ def bild_generate(
     bild_profile: synchronise the device around each forward so stats.forward_seconds is exact.
     """
     cfg = bild_config if bild_config is not None else BiLDConfig(fallback_threshold, rollback_threshold, max_small_steps,
-                                                                       draft_threshold)
+                                                                       keep_fallback_draft)
     generation_config = generation_config if generation_config is not None else model.generation_config
     check_generation_config(generation_config)
     vocab = check_pair(small_model, model, small_tokenizer, large_tokenizer)

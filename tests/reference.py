@@ -20,11 +20,11 @@ def _next_logits(model, source, tokens):
         return model(input_ids=ids, use_cache=False).logits[0].float()
 
 
-def reference_bild(small, large, prompt, fb, rb, n_steps, max_new_tokens, eos, dt=None):
+def reference_bild(small, large, prompt, fb, rb, n_steps, max_new_tokens, eos, keep_fallback=False):
     """Returns (tokens, counts) for one row. Encoder-decoder: prompt is the source and output the decoder side.
 
-    dt (draft threshold): draft on while max p >= dt; a draft below fb must then equal the large argmax."""
-    stop = fb if dt is None else dt
+    keep_fallback: the token of a fallback step is kept as the round's last draft, which must then equal
+    the large model's argmax to be accepted."""
     enc_dec = large.config.is_encoder_decoder
     start = [large.generation_config.decoder_start_token_id] if enc_dec else list(prompt)
     seq = list(start)
@@ -34,11 +34,14 @@ def reference_bild(small, large, prompt, fb, rb, n_steps, max_new_tokens, eos, d
         drafts, unsure = [], []
         while len(drafts) < n_steps:
             probs = torch.softmax(_next_logits(small, prompt, seq + drafts)[-1], -1)
-            if probs.max().item() < stop:
+            if probs.max().item() < fb:
                 counts["fallbacks"] += 1
+                if keep_fallback:
+                    drafts.append(int(probs.argmax()))
+                    unsure.append(True)
                 break
             drafts.append(int(probs.argmax()))
-            unsure.append(probs.max().item() < fb)
+            unsure.append(False)
             if drafts[-1] == eos or len(seq) + len(drafts) >= limit:
                 break
         counts["drafted"] += len(drafts)

@@ -13,11 +13,9 @@ def test_defaults_and_zero_is_kept():
     assert BiLDConfig(ALWAYS_FALLBACK).fallback_threshold == math.inf
 
 
-def test_draft_threshold_defaults_to_the_papers_rule():
-    assert BiLDConfig(0.6).stop_threshold == 0.6 and not BiLDConfig(0.6).drafts_through_unsure
-    assert not BiLDConfig(0.6, draft_threshold=0.6).drafts_through_unsure
-    cfg = BiLDConfig(0.6, draft_threshold=0)
-    assert cfg.stop_threshold == 0.0 and cfg.drafts_through_unsure and isinstance(cfg.draft_threshold, float)
+def test_keep_fallback_draft_defaults_to_the_papers_rule():
+    assert BiLDConfig().keep_fallback_draft is False
+    assert BiLDConfig(0.6, 0.0, 10, True).keep_fallback_draft is True
 
 
 @pytest.mark.parametrize(
@@ -31,9 +29,7 @@ def test_draft_threshold_defaults_to_the_papers_rule():
         (dict(rollback_threshold=math.nan), "rollback_threshold must be a number >= 0"),
         (dict(max_small_steps=0), "max_small_steps must be an integer >= 1"),
         (dict(max_small_steps=2.5), "max_small_steps must be an integer >= 1"),
-        (dict(fallback_threshold=0.5, draft_threshold=0.7), "draft_threshold must be a number in \\[0, fallback"),
-        (dict(draft_threshold=-0.1), "draft_threshold must be a number in"),
-        (dict(draft_threshold=math.nan), "draft_threshold must be a number in"),
+        (dict(keep_fallback_draft=1), "keep_fallback_draft must be True or False"),
     ],
 )
 def test_bad_values_are_value_errors(kwargs, message):
