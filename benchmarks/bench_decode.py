@@ -1,12 +1,21 @@
-"""Time HF large greedy, HF small greedy, HF assisted generation and BiLD on the same prompts, in one process.
+"""Time large greedy, small greedy, HF assisted generation and BiLD settings on the same prompts, interleaved.
 
-    python benchmarks/bench_decode.py --small PATH --large PATH --prompts FILE.jsonl [--max_samples 20]
+    python benchmarks/bench_decode.py --small PATH --large PATH --prompts FILE.jsonl --max_samples 100 \
+        --systems large,assisted,assisted:5,bild:0.6:0,bild:0.6:2:20:0.3
     python benchmarks/bench_decode.py            # tiny random models built on the fly (a smoke run)
 
-Prompts: JSON lines with a "prompt" field, or the translation layout of ../shared/data
-({"translation": {"de": ..., "en": ...}}), which is prompted through the chat template.
-Every system gets one warm-up generation, then the same prompts at batch size 1; the clock is
-read after synchronising the device. Prints a table and writes JSON (machine and versions included).
+Systems: `large`, `small`, `assisted` (transformers' defaults), `assisted:N` (a constant N drafts per round),
+`bild:FB:RB[:N][:keep]` (fallback, rollback, max small steps, `keep`: keep_fallback_draft=True), optionally `+static`, `+compile`,
+`+compile_small` or `+compile_large` after a BiLD setting (its fast-path variant).
+
+Prompts: JSON lines with a "prompt" field, or the translation layout of the Debian data
+({"translation": {"de": ..., "en": ...}}), prompted through the chat template.
+Timing: one untimed warm-up per system, then for every prompt every system once, in an order rotated from
+prompt to prompt, at batch size 1, the clock read after synchronising the device. Each speed-up is the ratio
+of summed times with a paired bootstrap 90% interval over prompts; the CPU time other processes used during
+the run is recorded and a shared run is flagged. BiLD's time is split into small-model forwards, large-model
+forwards, loop overhead (the decode loop minus its forwards) and per-call setup (the call minus the loop:
+checks, the encoder, output assembly). Prints a table and writes JSON (machine and versions included).
 """
 
 from __future__ import annotations
@@ -23,30 +32,27 @@ from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokeni
 
 from bild import BiLDGenerator
 from bild.env import environment
+from bild.eval.timing import ContentionMonitor, contention_warning, paired_bootstrap_ci, rotated
 
 TRANSLATE = "Translate the following German text to English. Reply with the translation only.\n\n{text}"
+FAST_VARIANTS = {"static": {"static_cache": True}, "compile": {"compile": True},
+                 "compile_small": {"compile": "small"}, "compile_large": {"compile": "large"}}
+BASELINES = ("large", "assisted")
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--small"), p.add_argument("--large")
+    p.add_argument("--small", help="small model folder or hub name (default: tiny random models)")
+    p.add_argument("--large", help="large model folder or hub name")
     p.add_argument("--prompts", help="JSON lines file; default: tiny random prompts")
-    p.add_argument("--max_samples", type=int, default=10)
-    p.add_argument("--max_new_tokens", type=int, default=64)
-    p.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"])
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--lossy", default="0.6,2.0", help="fallback,rollback of the lossy BiLD setting; repeat with ';'")
-    p.add_argument("--lossless_fallback", type=float, default=0.6,
-                   help="fallback threshold of lossless BiLD (rollback 0): output is large greedy's whatever it is")
-    p.add_argument("--max_small_steps", type=int, default=10)
-    p.add_argument("--systems", default="large,small,assisted,bild_lossless,bild_lossy")
-    p.add_argument("--num_assistant_tokens", type=int, default=None,
-                   help="also run assisted generation with this fixed draft length (system assisted_tuned)")
-    p.add_argument("--fast_variants", default="",
-                   help="comma-separated fast-path variants of the first lossy setting, each its own system: static "
-                        "(static caches, eager), compile (both models' steps compiled), compile_small, compile_large")
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--output", default="benchmarks/results/bench_decode.json")
+    p.add_argument("--max_samples", type=int, default=10, help="first N prompts")
+    p.add_argument("--max_new_tokens", type=int, default=64, help="new tokens per prompt at most")
+    p.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"], help="weights' dtype")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
+    p.add_argument("--systems", default="large,small,assisted,bild:0.6:0,bild:0.6:2",
+                   help="comma-separated systems (see above)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("--output", default="benchmarks/results/bench_decode.json", help="JSON report")
     return p.parse_args(argv)
 
 
@@ -91,35 +97,45 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def systems(args, small, large, tokenizer):
-    common = dict(max_new_tokens=args.max_new_tokens, do_sample=False)
+def parse_bild(spec: str) -> tuple[dict, dict]:
+    """'bild:FB:RB[:N][:keep][+variant]' -> BiLDGenerator threshold kwargs, fast-path kwargs."""
+    spec, _, variant = spec.partition("+")
+    parts = spec.split(":")[1:]
+    keep = bool(parts) and parts[-1] == "keep"
+    parts = parts[:-1] if keep else parts
+    if not 2 <= len(parts) <= 3 or (variant and variant not in FAST_VARIANTS):
+        raise SystemExit(f"bad BiLD system {spec!r}: write bild:FB:RB[:N][:keep][+{'|'.join(FAST_VARIANTS)}]")
+    thresholds = {"fallback_threshold": float(parts[0]), "rollback_threshold": float(parts[1]), "keep_fallback_draft": keep}
+    if len(parts) > 2:
+        thresholds["max_small_steps"] = int(parts[2])
+    return thresholds, FAST_VARIANTS.get(variant, {})
+
+
+def systems(names: list[str], small, large, max_new_tokens: int) -> dict:
+    """name -> generate(inputs) for every requested system."""
+    common = dict(max_new_tokens=max_new_tokens, do_sample=False)
     if large.generation_config.pad_token_id is None:
         common["pad_token_id"] = large.generation_config.eos_token_id
-    table = {
-        "large": lambda x: large.generate(**x, **common),
-        "small": lambda x: small.generate(**x, **common),
-    }
-    table["assisted"] = lambda x: large.generate(**x, assistant_model=small, **common)
-    if args.num_assistant_tokens is not None:
-        table["assisted_tuned"] = lambda x: _assisted_constant(large, small, x, args.num_assistant_tokens, common)
-    lossless = BiLDGenerator(small, large, args.lossless_fallback, 0.0, args.max_small_steps, tokenizer=tokenizer)
-    table["bild_lossless"] = lambda x: lossless.generate(**x, **common, return_dict_in_generate=True, bild_profile=True)
-    for i, setting in enumerate(args.lossy.split(";")):
-        fb, rb = (float(v) for v in setting.split(","))
-        gen = BiLDGenerator(small, large, fb, rb, args.max_small_steps, tokenizer=tokenizer)
-        name = "bild_lossy" if i == 0 else f"bild_lossy_{fb}_{rb}"
-        table[name] = lambda x, gen=gen: gen.generate(**x, **common, return_dict_in_generate=True, bild_profile=True)
-    fb, rb = (float(v) for v in args.lossy.split(";")[0].split(","))
-    for variant in filter(None, args.fast_variants.split(",")):
-        options = {"static": {"static_cache": True}, "compile": {"compile": True},
-                   "compile_small": {"compile": "small"}, "compile_large": {"compile": "large"}}[variant]
-        gen = BiLDGenerator(small, large, fb, rb, args.max_small_steps, tokenizer=tokenizer, **options)
-        table[f"bild_lossy+{variant}"] = lambda x, gen=gen: gen.generate(**x, **common, return_dict_in_generate=True,
-                                                                         bild_profile=True)
-    wanted = args.systems.split(",")
-    return {k: v for k, v in table.items()
-            if k in wanted or k == "assisted_tuned" or (k.startswith("bild_lossy") and "bild_lossy" in wanted)
-            or "+" in k}
+    table = {}
+    for name in names:
+        if name == "large":
+            table[name] = lambda x: large.generate(**x, **common)
+        elif name == "small":
+            table[name] = lambda x: small.generate(**x, **common)
+        elif name == "assisted":
+            table[name] = lambda x: large.generate(**x, assistant_model=small, **common)
+        elif name.startswith("assisted:"):
+            table[name] = lambda x, n=int(name.split(":")[1]): _assisted_constant(large, small, x, n, common)
+        elif name.startswith("bild:"):
+            thresholds, fast = parse_bild(name)
+            # No tokenizers: the pair is checked by vocabulary size only, so no call pays the Python comparison of
+            # two vocabularies that checking tokenizers costs (the product does it once per generator).
+            gen = BiLDGenerator(small, large, **thresholds, **fast)
+            table[name] = lambda x, gen=gen: gen.generate(**x, **common, return_dict_in_generate=True,
+                                                         bild_profile=True)
+        else:
+            raise SystemExit(f"unknown system {name!r}: large, small, assisted, assisted:N or bild:FB:RB[:N][:keep]")
+    return table
 
 
 def _assisted_constant(large, small, inputs, n, common):
@@ -133,30 +149,65 @@ def _assisted_constant(large, small, inputs, n, common):
         config.num_assistant_tokens, config.num_assistant_tokens_schedule = saved
 
 
-def run_system(fn, prompts, device):
-    fn(prompts[0])  # warm-up
-    seconds, tokens, outputs, stats = 0.0, 0, [], []
-    for x in prompts:
-        sync(device)
-        start = time.perf_counter()
-        out = fn(x)
-        sync(device)
-        seconds += time.perf_counter() - start
-        seq = out.sequences if hasattr(out, "sequences") else out
-        new = seq[0, x["input_ids"].shape[1]:].tolist()
-        tokens += len(new)
-        outputs.append(new)
-        if getattr(out, "stats", None) is not None:
-            stats.append(out.stats.total())
-    result = {"seconds": seconds, "new_tokens": tokens, "ms_per_token": 1000 * seconds / max(tokens, 1)}
-    if stats:
-        keys = [k for k in stats[0] if isinstance(stats[0][k], (int, float))]
-        total = {k: sum(s[k] for s in stats) for k in keys}
+def time_one(fn, x, device) -> tuple[float, list[int], object]:
+    sync(device)
+    start = time.perf_counter()
+    out = fn(x)
+    sync(device)
+    seconds = time.perf_counter() - start
+    seq = out.sequences if hasattr(out, "sequences") else out
+    return seconds, seq[0, x["input_ids"].shape[1]:].tolist(), getattr(out, "stats", None)
+
+
+def run_interleaved(table: dict, prompts: list, device, progress=None) -> dict:
+    """Per system: seconds and new tokens of every prompt, and BiLD's stats; systems rotated per prompt."""
+    names = list(table)
+    for name in names:  # warm-up: one-off costs (allocations, kernel selection) are not timed
+        table[name](prompts[0])
+    runs = {name: {"seconds": [], "outputs": [], "stats": []} for name in names}
+    for i, x in enumerate(prompts):
+        for name in rotated(names, i):
+            seconds, tokens, stats = time_one(table[name], x, device)
+            runs[name]["seconds"].append(seconds)
+            runs[name]["outputs"].append(tokens)
+            if stats is not None:
+                runs[name]["stats"].append(stats)
+        if progress:
+            progress(i, runs)
+    return runs
+
+
+def summarize(name: str, run: dict) -> dict:
+    seconds = sum(run["seconds"])
+    tokens = sum(len(o) for o in run["outputs"])
+    out = {"seconds": seconds, "new_tokens": tokens, "ms_per_token": 1000 * seconds / max(tokens, 1),
+           "per_example_s": run["seconds"]}
+    if run["stats"]:
+        totals = [s.total() for s in run["stats"]]
+        keys = [k for k in totals[0] if isinstance(totals[0][k], (int, float))]
+        total = {k: sum(t[k] for t in totals) for k in keys}
         total["mean_tokens_per_large_call"] = total["committed_tokens"] / max(total["large_forward_calls"], 1)
         total["acceptance_rate"] = total["accepted_drafts"] / max(total["drafted_tokens"], 1)
-        total["share_outside_forwards"] = 1 - total["forward_seconds"] / max(total["loop_seconds"], 1e-9)
-        result["stats"] = total
-    return result, outputs
+        small_fwd = sum(s.small_forward_seconds for s in run["stats"])
+        large_fwd = sum(s.large_forward_seconds for s in run["stats"])
+        loop = total["loop_seconds"]
+        out["split_s"] = {"small_forwards": small_fwd, "large_forwards": large_fwd,
+                          "loop_overhead": loop - small_fwd - large_fwd, "per_call_setup": seconds - loop}
+        total["share_outside_forwards"] = 1 - (small_fwd + large_fwd) / max(seconds, 1e-9)
+        out["stats"] = total
+    return out
+
+
+def compare(results: dict, runs: dict) -> None:
+    """speedup_vs_<baseline> and its paired 90% interval for every system against every baseline present."""
+    for base in BASELINES:
+        if base not in runs:
+            continue
+        for name, r in results.items():
+            if name == base:
+                continue
+            r[f"speedup_vs_{base}"] = results[base]["seconds"] / r["seconds"]
+            r[f"speedup_vs_{base}_ci90"] = list(paired_bootstrap_ci(runs[base]["seconds"], runs[name]["seconds"]))
 
 
 def main(argv=None):
@@ -170,44 +221,75 @@ def main(argv=None):
     else:
         small, large, tokenizer = tiny_pair(args.device, dtype)
     prompts, references = load_prompts(args, tokenizer, args.device)
-    results, outputs = {}, {}
-    for name, fn in systems(args, small, large, tokenizer).items():
-        results[name], outputs[name] = run_system(fn, prompts, args.device)
-        print(f"{name}: {results[name]['seconds']:.1f}s", file=sys.stderr, flush=True)
+    names = args.systems.split(",")
+    table = systems(names, small, large, args.max_new_tokens)
+
+    partial = Path(args.output).with_suffix(".partial.json")
+
+    def progress(i, runs):
+        line = ", ".join(f"{n} {sum(r['seconds']):.0f}s" for n, r in runs.items())
+        print(f"[{i + 1}/{len(prompts)}] {line}", file=sys.stderr, flush=True)
+        if (i + 1) % 10 == 0:  # an interrupted run keeps what it timed
+            partial.parent.mkdir(parents=True, exist_ok=True)
+            partial.write_text(json.dumps({"args": vars(args), "prompts_done": i + 1, "runs": {
+                n: {"seconds": r["seconds"], "outputs": r["outputs"], "stats": [st.total() for st in r["stats"]]}
+                for n, r in runs.items()}}))
+
+    monitor = ContentionMonitor().start()
+    with torch.no_grad():
+        runs = run_interleaved(table, prompts, args.device, progress)
+    contention = monitor.stop()
+    results = {name: summarize(name, run) for name, run in runs.items()}
+    compare(results, runs)
     if references is not None:
         from bild.metrics import translation_metrics
 
         for name, r in results.items():
-            texts = [tokenizer.decode(t, skip_special_tokens=True).strip() for t in outputs[name]]
+            texts = [tokenizer.decode(t, skip_special_tokens=True).strip() for t in runs[name]["outputs"]]
             r["bleu"] = translation_metrics(texts, references)["bleu"]
-    base = results.get("large")
-    for name, r in results.items():
-        if base:
-            r["speedup_vs_large"] = base["seconds"] / r["seconds"]
-            r["identical_to_large"] = outputs[name] == outputs["large"]
-            r["examples_identical_to_large"] = sum(a == b for a, b in zip(outputs[name], outputs["large"]))
-        if "+" in name and "bild_lossy" in outputs:  # a fast-path variant against the eager path
-            r["identical_to_eager"] = outputs[name] == outputs["bild_lossy"]
-            r["speedup_vs_eager"] = results["bild_lossy"]["seconds"] / r["seconds"]
+    if "large" in runs:
+        for name, r in results.items():
+            r["examples_identical_to_large"] = sum(a == b for a, b in zip(runs[name]["outputs"], runs["large"]["outputs"]))
+            r["identical_to_large"] = r["examples_identical_to_large"] == len(prompts)
+    for name, r in results.items():  # a fast-path variant against its eager setting
+        eager = name.partition("+")[0]
+        if "+" in name and eager in runs:
+            r["identical_to_eager"] = runs[name]["outputs"] == runs[eager]["outputs"]
+            r["speedup_vs_eager"] = results[eager]["seconds"] / r["seconds"]
+            r["speedup_vs_eager_ci90"] = list(paired_bootstrap_ci(runs[eager]["seconds"], runs[name]["seconds"]))
     print_table(results)
-    report = {"command": " ".join(sys.argv), "environment": environment(), "args": vars(args), "device": args.device,
+    warning = contention_warning(contention)
+    if warning:
+        print(warning, file=sys.stderr)
+    report = {"command": " ".join(["benchmarks/bench_decode.py", *(argv if argv is not None else sys.argv[1:])]),
+              "environment": environment(), "args": vars(args), "device": args.device,
+              "timing": {"order": "interleaved", "warm_up": "one generation per system", "contention": contention},
               "results": results}
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(json.dumps(report, indent=2))
+    partial.unlink(missing_ok=True)
     print(f"wrote {args.output}")
     return report
 
 
+def _x(r: dict, base: str) -> str:
+    if f"speedup_vs_{base}" not in r:
+        return "-"
+    lo, hi = r[f"speedup_vs_{base}_ci90"]
+    return f"{r[f'speedup_vs_{base}']:.2f} [{lo:.2f}-{hi:.2f}]"
+
+
 def print_table(results):
-    header = f"{'system':<22}{'s':>8}{'BLEU':>7}{'ms/tok':>9}{'x large':>9}{'=large':>7}{'tok/large call':>15}{'accept':>8}{'fallb':>7}{'rollb':>7}{'outside fwd':>12}"
-    print(header)
+    print(f"{'system':<26}{'s':>8}{'BLEU':>7}{'ms/tok':>8}{'x large [90%]':>19}{'x assisted [90%]':>19}{'=large':>7}"
+          f"{'tok/large':>10}{'accept':>7}{'small fwd':>10}{'large fwd':>10}{'loop':>7}{'setup':>7}")
     for name, r in results.items():
-        s = r.get("stats", {})
+        s, split = r.get("stats", {}), r.get("split_s")
         fmt = lambda k, f: format(s[k], f) if k in s else "-"
-        print(f"{name:<22}{r['seconds']:>8.1f}{r.get('bleu', math.nan):>7.2f}{r['ms_per_token']:>9.1f}{r.get('speedup_vs_large', math.nan):>9.2f}"
-              f"{str(r.get('identical_to_large', '-')):>7}{fmt('mean_tokens_per_large_call', '.2f'):>15}"
-              f"{fmt('acceptance_rate', '.2f'):>8}{fmt('fallbacks', 'd'):>7}{fmt('rollbacks', 'd'):>7}"
-              f"{(format(100 * s['share_outside_forwards'], '.1f') + '%') if s else '-':>12}")
+        sp = (lambda k: f"{split[k]:.1f}") if split else (lambda k: "-")
+        print(f"{name:<26}{r['seconds']:>8.1f}{r.get('bleu', math.nan):>7.2f}{r['ms_per_token']:>8.1f}"
+              f"{_x(r, 'large'):>19}{_x(r, 'assisted'):>19}{str(r.get('examples_identical_to_large', '-')):>7}"
+              f"{fmt('mean_tokens_per_large_call', '.2f'):>10}{fmt('acceptance_rate', '.2f'):>7}"
+              f"{sp('small_forwards'):>10}{sp('large_forwards'):>10}{sp('loop_overhead'):>7}{sp('per_call_setup'):>7}")
 
 
 if __name__ == "__main__":

@@ -134,8 +134,8 @@ def summarize(sequences: list[tuple[list[bool], list[float]]], costs: dict, poli
 
 def default_policies() -> list[tuple]:
     policies = [("oracle", "oracle", None, None)]
-    for fb in (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9):
-        for n in (3, 4, 5, 6, 8, 10):
+    for fb in (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9):
+        for n in (3, 4, 5, 6, 8, 10, 15, 20):
             policies.append((f"bild fb={fb} n={n}", "bild", fb, n))
     for n in (3, 4, 5, 6, 8, 10, 20):
         policies.append((f"assisted t=0.4 n={n}", "assisted", 0.4, n))

@@ -2,7 +2,8 @@
 
 Both choosers have the same two calls, so the decode loop never asks which mode it runs in:
     propose(scores, rows, step) -> (max_prob, token)    the small model's draft at draft index `step`
-    judge(scores, drafts, k, active) -> (accepted, new_token)    the large model's verdict on a round
+    judge(scores, drafts, k, active, exact) -> (accepted, new_token)    the large model's verdict on a round
+(`exact` (B, K): drafts judged with rollback threshold 0, the kept fallback drafts).
 See ../shared/bild-spec.md ("One round", "Sampling"). Shapes: B rows, K drafts (padded), V vocabulary.
 """
 
@@ -13,7 +14,8 @@ from typing import Protocol
 import torch
 
 from .policy import (
-    acceptance_probability, first_rejection, first_true_index, max_prob_and_argmax, residual_distribution, token_logprobs,
+    acceptance_probability, first_rejection, first_true_index, max_prob_and_argmax, residual_distribution,
+    rollback_thresholds, token_logprobs,
 )
 
 
@@ -21,7 +23,8 @@ class Chooser(Protocol):
     def propose(self, scores: torch.Tensor, rows: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         """scores (n, V) processed small logits of `rows`, each at draft index `step` -> (max prob (n,), draft (n,))."""
 
-    def judge(self, scores: torch.Tensor, drafts: torch.Tensor, k: torch.Tensor, active: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def judge(self, scores: torch.Tensor, drafts: torch.Tensor, k: torch.Tensor, active: torch.Tensor,
+              exact: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """scores (B, K+1, V) processed large logits, drafts (B, K), k (B,) -> (accepted (B,), new token (B,))."""
 
 
@@ -34,16 +37,20 @@ class Greedy:
     def propose(self, scores: torch.Tensor, rows: torch.Tensor, step: int):
         return max_prob_and_argmax(scores)
 
-    def judge(self, scores: torch.Tensor, drafts: torch.Tensor, k: torch.Tensor, active: torch.Tensor):
-        """scores (B, K+1, V) processed large logits, drafts (B, K), k (B,) drafts per row, active (B,)."""
+    def judge(self, scores: torch.Tensor, drafts: torch.Tensor, k: torch.Tensor, active: torch.Tensor,
+              exact: torch.Tensor):
+        """scores (B, K+1, V) processed large logits, drafts (B, K), k (B,) drafts per row, active (B,),
+        exact (B, K) drafts judged with rollback threshold 0."""
         large_argmax = scores.argmax(dim=-1)  # (B, K+1); positions past a row's k are never read
         K = drafts.shape[1]
-        if self.rollback_threshold == 0.0:
+        threshold = self.rollback_threshold
+        if threshold == 0.0:
             # Lossless mode: rejection is exactly "differs from the large argmax"; no log-softmax needed.
             logprobs = torch.where(drafts == large_argmax[:, :K], 0.0, -torch.inf)
         else:
             logprobs = token_logprobs(scores[:, :K], drafts)
-        accepted = first_rejection(logprobs, drafts, large_argmax[:, :K], k, self.rollback_threshold)
+            threshold = rollback_thresholds(exact, threshold)
+        accepted = first_rejection(logprobs, drafts, large_argmax[:, :K], k, threshold)
         accepted = torch.where(active, accepted, 0)
         return accepted, large_argmax.gather(1, accepted.unsqueeze(1)).squeeze(1)
 
@@ -75,8 +82,10 @@ class Sampler:
         self.q[rows, step] = probs
         return probs.max(dim=-1).values, sample(probs, self.generator)
 
-    def judge(self, scores: torch.Tensor, drafts: torch.Tensor, k: torch.Tensor, active: torch.Tensor):
-        """scores (B, K+1, V) processed large logits, drafts (B, K), k (B,) drafts per row, active (B,)."""
+    def judge(self, scores: torch.Tensor, drafts: torch.Tensor, k: torch.Tensor, active: torch.Tensor,
+              exact: torch.Tensor):
+        """scores (B, K+1, V) processed large logits, drafts (B, K), k (B,) drafts per row, active (B,),
+        exact (B, K) drafts judged with rollback threshold 0."""
         B, width, V = scores.shape
         K = width - 1
         p = torch.softmax(scores, dim=-1)  # (B, K+1, V); NaN where nothing was processed, never read
@@ -91,7 +100,8 @@ class Sampler:
             p_d = p[:, :K].gather(2, drafts.unsqueeze(-1)).squeeze(-1)  # (B, K)
             q_d = q.gather(2, drafts.unsqueeze(-1)).squeeze(-1)
             coins = torch.rand(B, K, generator=self.generator, device=scores.device)
-            rejected = ~(coins < acceptance_probability(p_d, q_d, self.rollback_threshold))
+            threshold = rollback_thresholds(exact, self.rollback_threshold)
+            rejected = ~(coins < acceptance_probability(p_d, q_d, threshold))
             accepted = torch.where(active, first_true_index(rejected, k), 0)
             p_a = p[rows, accepted]  # (B, V)
             residual = residual_distribution(p_a, q[rows, accepted.clamp(max=K - 1)])

@@ -23,11 +23,18 @@ class BiLDConfig:
         the paper's 2-5 range, the point that kept quality at the large model's level
         (IWSLT 40.33 BLEU vs 40.3 for large alone, at 1.43x).
     max_small_steps: at most this many drafts per round (paper and reference default: 10).
+    keep_fallback_draft: when the small model falls back, keep the token it was unsure of as the
+        round's last draft, checked exactly: committed only if it is the large model's own argmax there
+        (the token the paper's rule would take from the large model at that position), else replaced
+        by it. The round still ends there. It costs no small-model step (that step was taken anyway)
+        and one more position in the large pass; with rollback 0 the output is unchanged. False: the
+        paper's rule (the unsure token is thrown away).
     """
 
     fallback_threshold: float = 0.6
     rollback_threshold: float = 2.0
     max_small_steps: int = 10
+    keep_fallback_draft: bool = False
 
     def __post_init__(self):
         fb, rb, n = self.fallback_threshold, self.rollback_threshold, self.max_small_steps
@@ -44,6 +51,8 @@ class BiLDConfig:
             )
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ValueError(f"max_small_steps must be an integer >= 1, got {n!r}.")
+        if not isinstance(self.keep_fallback_draft, bool):
+            raise ValueError(f"keep_fallback_draft must be True or False, got {self.keep_fallback_draft!r}.")
         object.__setattr__(self, "fallback_threshold", float(fb))
         object.__setattr__(self, "rollback_threshold", float(rb))
 

@@ -42,6 +42,7 @@ class Rows:
     n_pad: torch.Tensor  # (B,)
     length: torch.Tensor  # (B,) committed tokens, padding included
     done: torch.Tensor  # (B,) bool
+    unsure: torch.Tensor  # (B, S) True at kept fallback drafts (checked exactly)
 
 
 def _grouped_by_length(rows: torch.Tensor, prefix_lens: torch.Tensor):
@@ -92,12 +93,15 @@ def draft(small: ModelAdapter, state: Rows, choose: Chooser, processors, criteri
             stats.add("small_forward_calls", r)
             if fb:
                 stats.add("fallbacks", r)
-        keep = rows[~fell_back]
-        state.seq[keep, upto[keep]] = token[~fell_back]
+        kept = torch.ones_like(fell_back) if cfg.keep_fallback_draft else ~fell_back
+        keep = rows[kept]
+        state.seq[keep, upto[keep]] = token[kept]
+        if cfg.keep_fallback_draft:
+            state.unsure[keep, upto[keep]] = fell_back[kept]
         k[keep] += 1
         for r in keep.tolist():
             stats.add("drafted_tokens", r)
-        finished = (k[keep] >= cfg.max_small_steps) | stops(criteria, state.seq, keep, upto[keep] + 1)
+        finished = (k[keep] >= cfg.max_small_steps) | fell_back[kept] | stops(criteria, state.seq, keep, upto[keep] + 1)
         drafting[:] = False
         drafting[keep[~finished]] = True
         if not bool(drafting.any()):
@@ -118,7 +122,7 @@ def verify(large: ModelAdapter, state: Rows, k: torch.Tensor, choose: Chooser, p
         scores[rows, j] = process(processors, state.seq, rows, state.length[rows] + j, logits[rows, j])
     draft_index = (state.length.unsqueeze(1) + torch.arange(width - 1, device=k.device)).clamp(max=state.seq.shape[1] - 1)
     drafts = state.seq.gather(1, draft_index)  # (B, K)
-    accepted, new_token = choose.judge(scores, drafts, k, active)
+    accepted, new_token = choose.judge(scores, drafts, k, active, state.unsure.gather(1, draft_index))
     for r in active.nonzero().flatten().tolist():
         stats.add("large_forward_calls", r)
     return accepted, new_token
@@ -160,7 +164,8 @@ def decode(small: ModelAdapter, large: ModelAdapter, prompt, prompt_valid, proce
     seq[:, :P] = prompt
     seq_valid = torch.ones(B, S, dtype=torch.bool, device=device)
     seq_valid[:, :P] = prompt_valid
-    state = Rows(seq, seq_valid, (~prompt_valid).sum(1), torch.full((B,), P, device=device), torch.zeros(B, dtype=torch.bool, device=device))
+    state = Rows(seq, seq_valid, (~prompt_valid).sum(1), torch.full((B,), P, device=device),
+                 torch.zeros(B, dtype=torch.bool, device=device), torch.zeros(B, S, dtype=torch.bool, device=device))
     state.done |= state.length >= max_length
     stats = BiLDStats.zeros(B)
     if streamer is not None:
@@ -181,6 +186,7 @@ def decode(small: ModelAdapter, large: ModelAdapter, prompt, prompt_valid, proce
     if streamer is not None:
         streamer.end()
     stats.forward_seconds = small.seconds + large.seconds
+    stats.small_forward_seconds, stats.large_forward_seconds = small.seconds, large.seconds
     end = int(state.length.max())
     out = state.seq[:, :end].clone()
     out[torch.arange(end, device=device) >= state.length.unsqueeze(1)] = pad_token_id

@@ -31,13 +31,14 @@ class BiLDGenerator:
         rollback_threshold: float = BiLDConfig.rollback_threshold,
         max_small_steps: int = BiLDConfig.max_small_steps,
         *,
+        keep_fallback_draft: bool = False,
         tokenizer=None,
         small_tokenizer=None,
         large_tokenizer=None,
         static_cache: bool = False,
         compile: bool | str = False,
     ):
-        self.config = BiLDConfig(fallback_threshold, rollback_threshold, max_small_steps)
+        self.config = BiLDConfig(fallback_threshold, rollback_threshold, max_small_steps, keep_fallback_draft)
         compile_roles(compile)  # a bad value fails here, not at the first generate
         self.static_cache, self.compile = static_cache, compile
         self.small_tokenizer = small_tokenizer if small_tokenizer is not None else tokenizer

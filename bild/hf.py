@@ -38,6 +38,7 @@ def bild_generate(
     fallback_threshold: float = BiLDConfig.fallback_threshold,
     rollback_threshold: float = BiLDConfig.rollback_threshold,
     max_small_steps: int = BiLDConfig.max_small_steps,
+    keep_fallback_draft: bool = BiLDConfig.keep_fallback_draft,
     bild_config: BiLDConfig | None = None,
     small_tokenizer=None,
     large_tokenizer=None,
@@ -70,7 +71,8 @@ def bild_generate(
         both models; "small" or "large" only that one (the other runs eagerly on its static cache).
     bild_profile: synchronise the device around each forward so stats.forward_seconds is exact.
     """
-    cfg = bild_config if bild_config is not None else BiLDConfig(fallback_threshold, rollback_threshold, max_small_steps)
+    cfg = bild_config if bild_config is not None else BiLDConfig(fallback_threshold, rollback_threshold, max_small_steps,
+                                                                 keep_fallback_draft)
     generation_config = generation_config if generation_config is not None else model.generation_config
     vocab = check_request(model, small_model, input_ids, generation_config, small_tokenizer, large_tokenizer,
                           bild_streamer, model_kwargs)

@@ -28,8 +28,11 @@ def token_logprobs(scores: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     return picked - torch.logsumexp(scores, dim=-1)
 
 
-def rejection_mask(draft_logprobs: torch.Tensor, drafts: torch.Tensor, large_argmax: torch.Tensor, threshold: float) -> torch.Tensor:
-    """(B, K) True where a draft is rejected: -log p_L(d) > threshold and d != argmax p_L."""
+def rejection_mask(draft_logprobs: torch.Tensor, drafts: torch.Tensor, large_argmax: torch.Tensor,
+                   threshold: float | torch.Tensor) -> torch.Tensor:
+    """(B, K) True where a draft is rejected: -log p_L(d) > threshold and d != argmax p_L.
+
+    threshold: one number, or one per draft (B, K) (0 where a draft must be the large argmax exactly)."""
     return (-draft_logprobs > threshold) & (drafts != large_argmax)
 
 
@@ -48,13 +51,13 @@ def first_rejection(
     drafts: torch.Tensor,
     large_argmax: torch.Tensor,
     num_drafts: torch.Tensor,
-    threshold: float,
+    threshold: float | torch.Tensor,
 ) -> torch.Tensor:
     """Number of drafts accepted per row (B,): the index of the first rejected draft, or num_drafts."""
     return first_true_index(rejection_mask(draft_logprobs, drafts, large_argmax, threshold), num_drafts)
 
 
-def acceptance_probability(p_draft: torch.Tensor, q_draft: torch.Tensor, threshold: float) -> torch.Tensor:
+def acceptance_probability(p_draft: torch.Tensor, q_draft: torch.Tensor, threshold: float | torch.Tensor) -> torch.Tensor:
     """Probability of keeping a draft d ~ q in sampling mode, elementwise over (...) tensors.
 
     p_draft, q_draft: the large and small model's processed probabilities of the draft. Speculative
@@ -76,3 +79,8 @@ def residual_distribution(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     excess = (p - q).clamp(min=0)
     total = excess.sum(dim=-1, keepdim=True)
     return torch.where(total > 0, excess / torch.where(total > 0, total, 1.0), p)
+
+
+def rollback_thresholds(exact: torch.Tensor, threshold: float) -> torch.Tensor:
+    """(B, K) rollback threshold of each draft: 0 where it must be judged exactly, else `threshold`."""
+    return torch.where(exact, 0.0, threshold)

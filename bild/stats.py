@@ -39,6 +39,9 @@ class BiLDStats:
     # Seconds spent inside model forwards vs the whole decode loop (device synchronised when profiling).
     forward_seconds: float = 0.0
     loop_seconds: float = 0.0
+    # forward_seconds split by model (not part of total(): callers that sum rows never see them)
+    small_forward_seconds: float = 0.0
+    large_forward_seconds: float = 0.0
 
     @classmethod
     def zeros(cls, batch_size: int) -> "BiLDStats":
@@ -48,7 +51,8 @@ class BiLDStats:
     def concat(cls, parts: list["BiLDStats"]) -> "BiLDStats":
         """Stats of row groups generated separately, as one batch."""
         out = cls(**{name: [v for p in parts for v in getattr(p, name)] for name in PER_ROW})
-        for name in ("batch_small_calls", "batch_large_calls", "forward_seconds", "loop_seconds"):
+        for name in ("batch_small_calls", "batch_large_calls", "forward_seconds", "loop_seconds",
+                     "small_forward_seconds", "large_forward_seconds"):
             setattr(out, name, sum(getattr(p, name) for p in parts))
         return out
 

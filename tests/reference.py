@@ -20,21 +20,28 @@ def _next_logits(model, source, tokens):
         return model(input_ids=ids, use_cache=False).logits[0].float()
 
 
-def reference_bild(small, large, prompt, fb, rb, n_steps, max_new_tokens, eos):
-    """Returns (tokens, counts) for one row. Encoder-decoder: prompt is the source and output the decoder side."""
+def reference_bild(small, large, prompt, fb, rb, n_steps, max_new_tokens, eos, keep_fallback=False):
+    """Returns (tokens, counts) for one row. Encoder-decoder: prompt is the source and output the decoder side.
+
+    keep_fallback: the token of a fallback step is kept as the round's last draft, which must then equal
+    the large model's argmax to be accepted."""
     enc_dec = large.config.is_encoder_decoder
     start = [large.generation_config.decoder_start_token_id] if enc_dec else list(prompt)
     seq = list(start)
     limit = len(start) + max_new_tokens
     counts = dict(rounds=0, drafted=0, accepted=0, fallbacks=0, rollbacks=0)
     while len(seq) < limit and not (len(seq) > len(start) and seq[-1] == eos):
-        drafts = []
+        drafts, unsure = [], []
         while len(drafts) < n_steps:
             probs = torch.softmax(_next_logits(small, prompt, seq + drafts)[-1], -1)
             if probs.max().item() < fb:
                 counts["fallbacks"] += 1
+                if keep_fallback:
+                    drafts.append(int(probs.argmax()))
+                    unsure.append(True)
                 break
             drafts.append(int(probs.argmax()))
+            unsure.append(False)
             if drafts[-1] == eos or len(seq) + len(drafts) >= limit:
                 break
         counts["drafted"] += len(drafts)
@@ -42,7 +49,7 @@ def reference_bild(small, large, prompt, fb, rb, n_steps, max_new_tokens, eos):
         logp = torch.log_softmax(logits, -1)
         accepted = len(drafts)
         for i, d in enumerate(drafts):
-            if -logp[i, d].item() > rb and d != int(logits[i].argmax()):
+            if -logp[i, d].item() > (0.0 if unsure[i] else rb) and d != int(logits[i].argmax()):
                 accepted = i
                 counts["rollbacks"] += 1
                 break

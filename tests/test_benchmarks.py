@@ -16,26 +16,51 @@ def _load(name):
     return module
 
 
-def test_bench_decode_runs_every_system_on_tiny_models(tmp_path, capsys):
+def test_bench_decode_interleaves_every_system_on_tiny_models(tmp_path, capsys):
     out = tmp_path / "bench.json"
-    report = _load("bench_decode").main(["--max_samples", "2", "--max_new_tokens", "6", "--dtype", "float32",
-                                         "--lossy", "0.5,2.0", "--output", str(out)])
+    systems = "large,small,assisted,assisted:3,bild:0.5:0,bild:0.5:2:4,bild:0.5:0:6:keep"
+    report = _load("bench_decode").main(["--max_samples", "3", "--max_new_tokens", "6", "--dtype", "float32",
+                                         "--systems", systems, "--output", str(out)])
     results = report["results"]
-    assert set(results) == {"large", "small", "assisted", "bild_lossless", "bild_lossy"}
-    assert results["bild_lossless"]["identical_to_large"] and results["assisted"]["identical_to_large"]
-    assert 0 <= results["bild_lossless"]["stats"]["share_outside_forwards"] < 1
-    assert json.loads(out.read_text())["environment"]["torch"]
-    assert "bild_lossless" in capsys.readouterr().out
+    assert list(results) == systems.split(",")
+    for name in ("assisted", "assisted:3", "bild:0.5:0", "bild:0.5:0:6:keep"):
+        assert results[name]["identical_to_large"], name
+    for name, r in results.items():
+        assert len(r["per_example_s"]) == 3 and r["seconds"] == pytest.approx(sum(r["per_example_s"]))
+        if name != "large":
+            lo, hi = r["speedup_vs_large_ci90"]
+            assert lo <= r["speedup_vs_large"] <= hi
+    split = results["bild:0.5:2:4"]["split_s"]
+    assert set(split) == {"small_forwards", "large_forwards", "loop_overhead", "per_call_setup"}
+    assert all(v >= 0 for v in split.values()) and split["small_forwards"] > 0 and split["large_forwards"] > 0
+    assert sum(split.values()) == pytest.approx(results["bild:0.5:2:4"]["seconds"])
+    saved = json.loads(out.read_text())
+    assert saved["environment"]["torch"] and saved["timing"]["order"] == "interleaved"
+    assert "other_cpu_s" in saved["timing"]["contention"]
+    assert "bild:0.5:0:6:keep" in capsys.readouterr().out
+
+
+def test_bench_decode_rotates_the_order_per_prompt():
+    bench = _load("bench_decode")
+    calls = []
+    table = {name: (lambda x, name=name: (calls.append(name), x["out"])[1]) for name in ("a", "b", "c")}
+    import torch
+
+    prompts = [{"input_ids": torch.zeros(1, 2, dtype=torch.long), "out": torch.zeros(1, 3, dtype=torch.long)}] * 3
+    runs = bench.run_interleaved(table, prompts, "cpu")
+    assert calls == ["a", "b", "c"] + ["a", "b", "c", "b", "c", "a", "c", "a", "b"]  # warm-ups, then rotated
+    assert all(len(r["seconds"]) == 3 for r in runs.values())
 
 
 def test_bench_decode_fast_path_variants_match_the_eager_path(tmp_path):
     report = _load("bench_decode").main(["--max_samples", "2", "--max_new_tokens", "6", "--dtype", "float32",
-                                         "--systems", "large,bild_lossy", "--fast_variants", "static",
+                                         "--systems", "large,bild:0.6:2,bild:0.6:2+static",
                                          "--output", str(tmp_path / "bench.json")])
     results = report["results"]
-    assert set(results) == {"large", "bild_lossy", "bild_lossy+static"}
-    assert results["bild_lossy+static"]["identical_to_eager"]
-    assert results["bild_lossy+static"]["speedup_vs_eager"] > 0
+    assert set(results) == {"large", "bild:0.6:2", "bild:0.6:2+static"}
+    assert results["bild:0.6:2+static"]["identical_to_eager"]
+    with pytest.raises(SystemExit, match="bad BiLD system"):
+        _load("bench_decode").parse_bild("bild:0.6")
 
 
 def test_gpu_bench_logic_on_cpu(tmp_path):

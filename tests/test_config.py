@@ -13,6 +13,11 @@ def test_defaults_and_zero_is_kept():
     assert BiLDConfig(ALWAYS_FALLBACK).fallback_threshold == math.inf
 
 
+def test_keep_fallback_draft_defaults_to_the_papers_rule():
+    assert BiLDConfig().keep_fallback_draft is False
+    assert BiLDConfig(0.6, 0.0, 10, True).keep_fallback_draft is True
+
+
 @pytest.mark.parametrize(
     "kwargs, message",
     [
@@ -24,6 +29,7 @@ def test_defaults_and_zero_is_kept():
         (dict(rollback_threshold=math.nan), "rollback_threshold must be a number >= 0"),
         (dict(max_small_steps=0), "max_small_steps must be an integer >= 1"),
         (dict(max_small_steps=2.5), "max_small_steps must be an integer >= 1"),
+        (dict(keep_fallback_draft=1), "keep_fallback_draft must be True or False"),
     ],
 )
 def test_bad_values_are_value_errors(kwargs, message):

@@ -42,11 +42,12 @@ def test_always_fallback_equals_large_greedy(arch):
 
 @pytest.mark.parametrize("arch", ARCHITECTURES)
 @pytest.mark.parametrize("mode", ["disagree", "agree"])
-def test_batch_rows_equal_rows_alone(arch, mode):
+@pytest.mark.parametrize("keep_fallback_draft", [False, True])
+def test_batch_rows_equal_rows_alone(arch, mode, keep_fallback_draft):
     small, large = _pair(arch, mode)
     enc_dec = arch in ENCODER_DECODER
     rows = prompts(4, seed=3)
-    gen = BiLDGenerator(small, large, 0.4, 1.5, 5)
+    gen = BiLDGenerator(small, large, 0.4, 1.5, 5, keep_fallback_draft=keep_fallback_draft)
     batched = gen.generate(**batch_inputs(rows, enc_dec), max_new_tokens=MAX_NEW, return_dict_in_generate=True)
     for i, row in enumerate(rows):
         alone = gen.generate(**batch_inputs([row], enc_dec), max_new_tokens=MAX_NEW, return_dict_in_generate=True)
@@ -74,6 +75,40 @@ def test_cached_equals_no_cache_reference(arch, fb, rb, n):
     assert total["fallbacks"] == counts["fallbacks"]
     assert total["rollbacks"] == counts["rollbacks"]
     assert total["large_forward_calls"] == counts["rounds"]
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+@pytest.mark.parametrize("fb, rb, n", [(0.6, 2.0, 6), (0.9, math.inf, 4)])
+def test_kept_fallback_draft_equals_reference(arch, fb, rb, n):
+    """keep_fallback_draft: the unsure token ends the round as a draft checked exactly, the others with RB."""
+    small, large = _pair(arch, "disagree")
+    row = prompts(1, seed=6, min_len=5)[0]
+    inputs = batch_inputs([row], arch in ENCODER_DECODER)
+    out = BiLDGenerator(small, large, fb, rb, n, keep_fallback_draft=True).generate(
+        **inputs, max_new_tokens=MAX_NEW, return_dict_in_generate=True)
+    expected, counts = reference_bild(small, large, row, fb, rb, n, MAX_NEW, EOS, keep_fallback=True)
+    assert out.sequences[0].tolist() == expected
+    total = out.stats.total()
+    assert (total["drafted_tokens"], total["fallbacks"], total["rollbacks"], total["large_forward_calls"]) == (
+        counts["drafted"], counts["fallbacks"], counts["rollbacks"], counts["rounds"])
+    out.stats.check()
+    lossless = BiLDGenerator(small, large, fb, 0.0, n, keep_fallback_draft=True).generate(**inputs, max_new_tokens=MAX_NEW)
+    assert torch.equal(lossless, large.generate(**inputs, do_sample=False, max_new_tokens=MAX_NEW))
+
+
+def test_kept_fallback_drafts_are_checked_exactly_and_save_rounds():
+    """With RB = inf every confident draft is accepted; a kept unsure one only if it is the large argmax. Over
+    the seven architectures the kept drafts must commit some tokens (fewer rounds) and be rejected somewhere."""
+    fewer_rounds = rejected_kept = 0
+    for arch in ARCHITECTURES:
+        small, large = _pair(arch, "disagree")
+        row = prompts(1, seed=6, min_len=5)[0]
+        _, kept = reference_bild(small, large, row, 0.9, math.inf, 4, MAX_NEW, EOS, keep_fallback=True)
+        _, paper = reference_bild(small, large, row, 0.9, math.inf, 4, MAX_NEW, EOS)
+        assert kept["rounds"] <= paper["rounds"], arch
+        fewer_rounds += kept["rounds"] < paper["rounds"]
+        rejected_kept += kept["rollbacks"] > 0  # with RB = inf only a kept unsure draft can be rejected
+    assert fewer_rounds > 0 and rejected_kept > 0
 
 
 @pytest.mark.parametrize("arch", ["qwen2", "t5"])
