@@ -46,9 +46,9 @@ def large_two_token_distribution(mode) -> dict[tuple[int, int], float]:
     return joint
 
 
-def bild_samples(mode, fb, rb, n):
+def bild_samples(mode, fb, rb, n, keep_fallback_draft=False):
     small, large = pair(mode)
-    out = BiLDGenerator(small, large, fb, rb, n).generate(
+    out = BiLDGenerator(small, large, fb, rb, n, keep_fallback_draft=keep_fallback_draft).generate(
         **batch_inputs(PROMPT, False), do_sample=True, max_new_tokens=2, num_return_sequences=ROWS,
         generator=torch.Generator().manual_seed(1234), return_dict_in_generate=True, **WARPERS)
     return out.sequences[:, len(PROMPT[0]):], out.stats.total()
@@ -93,6 +93,14 @@ def test_rollback_zero_samples_the_large_distribution(mode, fb, n):
     tv, p_value = total_variation(samples, expected), chi_square_p_value(samples, expected)
     print(f"{mode} fb={fb} n={n}: TV={tv:.4f} chi2 p={p_value:.3f}", {k: stats[k] for k in ("drafted_tokens", "accepted_drafts", "rollbacks")})
     assert tv < 0.05 and p_value > 1e-3
+
+
+def test_kept_fallback_drafts_are_judged_exactly_whatever_the_rollback_threshold():
+    """FB 1.0: every draft is a kept fallback draft, judged with RB 0 although RB is inf: exact sampling."""
+    samples, stats = bild_samples("overlap", 1.0, math.inf, 3, keep_fallback_draft=True)
+    assert stats["drafted_tokens"] == stats["fallbacks"] > ROWS and stats["rollbacks"] > 100
+    expected = large_two_token_distribution("overlap")
+    assert total_variation(samples, expected) < 0.05 and chi_square_p_value(samples, expected) > 1e-3
 
 
 @pytest.mark.parametrize("mode, rb", [("disagree", math.inf), ("overlap", math.inf), ("overlap", 2.0)])
