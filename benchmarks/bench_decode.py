@@ -52,7 +52,9 @@ def parse_args(argv=None):
     p.add_argument("--systems", default="large,small,assisted,bild:0.6:0,bild:0.6:2",
                    help="comma-separated systems (see above)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    p.add_argument("--output", default="benchmarks/results/bench_decode.json", help="JSON report")
+    p.add_argument("--output", default="benchmarks/results/bench_decode.json",
+                   help="JSON report; every 10 prompts the runs so far go to OUTPUT.partial.json, which "
+                        "`bench_decode.py --report_partial OUTPUT.partial.json` turns into a report")
     return p.parse_args(argv)
 
 
@@ -171,7 +173,8 @@ def run_interleaved(table: dict, prompts: list, device, progress=None) -> dict:
             runs[name]["seconds"].append(seconds)
             runs[name]["outputs"].append(tokens)
             if stats is not None:
-                runs[name]["stats"].append(stats)
+                runs[name]["stats"].append({**stats.total(), "small_forward_seconds": stats.small_forward_seconds,
+                                            "large_forward_seconds": stats.large_forward_seconds})
         if progress:
             progress(i, runs)
     return runs
@@ -183,13 +186,12 @@ def summarize(name: str, run: dict) -> dict:
     out = {"seconds": seconds, "new_tokens": tokens, "ms_per_token": 1000 * seconds / max(tokens, 1),
            "per_example_s": run["seconds"]}
     if run["stats"]:
-        totals = [s.total() for s in run["stats"]]
+        totals = run["stats"]
         keys = [k for k in totals[0] if isinstance(totals[0][k], (int, float))]
         total = {k: sum(t[k] for t in totals) for k in keys}
         total["mean_tokens_per_large_call"] = total["committed_tokens"] / max(total["large_forward_calls"], 1)
         total["acceptance_rate"] = total["accepted_drafts"] / max(total["drafted_tokens"], 1)
-        small_fwd = sum(s.small_forward_seconds for s in run["stats"])
-        large_fwd = sum(s.large_forward_seconds for s in run["stats"])
+        small_fwd, large_fwd = total.pop("small_forward_seconds"), total.pop("large_forward_seconds")
         loop = total["loop_seconds"]
         out["split_s"] = {"small_forwards": small_fwd, "large_forwards": large_fwd,
                           "loop_overhead": loop - small_fwd - large_fwd, "per_call_setup": seconds - loop}
@@ -210,7 +212,23 @@ def compare(results: dict, runs: dict) -> None:
             r[f"speedup_vs_{base}_ci90"] = list(paired_bootstrap_ci(runs[base]["seconds"], runs[name]["seconds"]))
 
 
+def report_partial(path: str, argv=None) -> dict:
+    """The report of an interrupted run, from the prompts its partial file holds."""
+    data = json.loads(Path(path).read_text())
+    args = argparse.Namespace(**data["args"])
+    tokenizer = AutoTokenizer.from_pretrained(args.large) if args.large else None
+    references = None
+    if args.prompts:
+        rows = [json.loads(line) for line in open(args.prompts) if line.strip()][: args.max_samples]
+        references = [row["translation"]["en"] for row in rows] if all("translation" in row for row in rows) else None
+    args.output = str(Path(path).with_name(Path(path).name.replace(".partial.json", f".first{data['prompts_done']}.json")))
+    print(f"partial run: {data['prompts_done']} prompts")
+    return build_report(args, data["runs"], references, tokenizer, data["contention"], argv)
+
+
 def main(argv=None):
+    if argv is None and len(sys.argv) == 3 and sys.argv[1] == "--report_partial":
+        return report_partial(sys.argv[2], sys.argv[1:])
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -225,20 +243,28 @@ def main(argv=None):
     table = systems(names, small, large, args.max_new_tokens)
 
     partial = Path(args.output).with_suffix(".partial.json")
+    monitor = ContentionMonitor().start()
 
     def progress(i, runs):
         line = ", ".join(f"{n} {sum(r['seconds']):.0f}s" for n, r in runs.items())
         print(f"[{i + 1}/{len(prompts)}] {line}", file=sys.stderr, flush=True)
         if (i + 1) % 10 == 0:  # an interrupted run keeps what it timed
             partial.parent.mkdir(parents=True, exist_ok=True)
-            partial.write_text(json.dumps({"args": vars(args), "prompts_done": i + 1, "runs": {
-                n: {"seconds": r["seconds"], "outputs": r["outputs"], "stats": [st.total() for st in r["stats"]]}
-                for n, r in runs.items()}}))
+            partial.write_text(json.dumps({"args": vars(args), "prompts_done": i + 1, "contention": monitor.stop(), "runs": {
+                n: {"seconds": r["seconds"], "outputs": r["outputs"], "stats": r["stats"]} for n, r in runs.items()}}))
 
-    monitor = ContentionMonitor().start()
     with torch.no_grad():
         runs = run_interleaved(table, prompts, args.device, progress)
     contention = monitor.stop()
+    report = build_report(args, runs, references, tokenizer, contention, argv)
+    partial.unlink(missing_ok=True)
+    return report
+
+
+def build_report(args, runs: dict, references, tokenizer, contention: dict, argv=None) -> dict:
+    """Tables and JSON from the per-prompt runs (of a finished run, or of a partial file)."""
+    n_prompts = len(next(iter(runs.values()))["seconds"])
+    references = references[:n_prompts] if references is not None else None
     results = {name: summarize(name, run) for name, run in runs.items()}
     compare(results, runs)
     if references is not None:
@@ -250,7 +276,7 @@ def main(argv=None):
     if "large" in runs:
         for name, r in results.items():
             r["examples_identical_to_large"] = sum(a == b for a, b in zip(runs[name]["outputs"], runs["large"]["outputs"]))
-            r["identical_to_large"] = r["examples_identical_to_large"] == len(prompts)
+            r["identical_to_large"] = r["examples_identical_to_large"] == n_prompts
     for name, r in results.items():  # a fast-path variant against its eager setting
         eager = name.partition("+")[0]
         if "+" in name and eager in runs:
@@ -264,10 +290,9 @@ def main(argv=None):
     report = {"command": " ".join(["benchmarks/bench_decode.py", *(argv if argv is not None else sys.argv[1:])]),
               "environment": environment(), "args": vars(args), "device": args.device,
               "timing": {"order": "interleaved", "warm_up": "one generation per system", "contention": contention},
-              "results": results}
+              "prompts": n_prompts, "results": results}
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(json.dumps(report, indent=2))
-    partial.unlink(missing_ok=True)
     print(f"wrote {args.output}")
     return report
 
