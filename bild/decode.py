@@ -21,6 +21,7 @@ from .adapters import DecoderOnlyAdapter, EncoderDecoderAdapter, ModelAdapter, e
 from .config import ALWAYS_FALLBACK, BiLDConfig
 from .policy import fallback_mask, first_rejection, max_prob_and_argmax, token_logprobs
 from .stats import BiLDStats
+from .architecture import needs_row_by_row
 from .validation import check_generation_config, check_left_padding, check_lengths, check_pair
 
 
@@ -289,10 +290,20 @@ def bild_generate(
         check_left_padding(mask)
         check_lengths({"small": small_model, "large": model}, input_ids.shape[1], max_length)
         valid = torch.ones_like(input_ids, dtype=torch.bool) if mask is None else mask.to(device).bool()
-        small = DecoderOnlyAdapter(small_model, input_ids.shape[0], device, vocab, **fast(small_model, "small"))
-        large = DecoderOnlyAdapter(model, input_ids.shape[0], device, **fast(model, "large"))
-        small.sync = large.sync = bild_profile
-        sequences, stats = decode(small, large, input_ids, valid, processors, criteria, cfg, max_length, pad)
+        # Row by row (each row keeps its left padding, as in transformers' batch) where holes in a
+        # shared cache would shift positions or windows: see architecture.needs_row_by_row.
+        B = input_ids.shape[0]
+        groups = [slice(r, r + 1) for r in range(B)] if needs_row_by_row(model) else [slice(0, B)]
+        outs, parts = [], []
+        for g in groups:
+            small = DecoderOnlyAdapter(small_model, g.stop - g.start, device, vocab, **fast(small_model, "small"))
+            large = DecoderOnlyAdapter(model, g.stop - g.start, device, **fast(model, "large"))
+            small.sync = large.sync = bild_profile
+            seq, st = decode(small, large, input_ids[g], valid[g], processors, criteria, cfg, max_length, pad)
+            outs.append(seq)
+            parts.append(st)
+        sequences = _stack_rows(outs, pad) if len(outs) > 1 else outs[0]
+        stats = BiLDStats.concat(parts) if len(parts) > 1 else parts[0]
     if generation_config.return_dict_in_generate:
         return BiLDOutput(sequences=sequences, stats=stats)
     return sequences
@@ -335,6 +346,14 @@ def _fast_path_options(static: bool, compiled: tuple[str, ...], cfg: BiLDConfig,
         return out
 
     return options
+
+
+def _stack_rows(outs: list[torch.Tensor], pad: int) -> torch.Tensor:
+    """One (B, max width) tensor from rows generated alone, right-padded with `pad`."""
+    sequences = torch.full((len(outs), max(o.shape[1] for o in outs)), pad, dtype=torch.long, device=outs[0].device)
+    for r, o in enumerate(outs):
+        sequences[r, : o.shape[1]] = o
+    return sequences
 
 
 def _row(encoder_outputs, r: int):

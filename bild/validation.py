@@ -6,6 +6,8 @@ from __future__ import annotations
 import torch
 from transformers import GenerationConfig, PreTrainedModel
 
+from .architecture import check_architecture
+
 
 def output_vocab_size(model: PreTrainedModel) -> int:
     head = model.get_output_embeddings()
@@ -30,6 +32,7 @@ def check_pair(small: PreTrainedModel, large: PreTrainedModel, small_tokenizer=N
                 f"The {name} model ({type(model).__name__}) has no language-model head; load it with "
                 "AutoModelForCausalLM or AutoModelForSeq2SeqLM."
             )
+        check_architecture(model, name)
     s_ed, l_ed = small.config.is_encoder_decoder, large.config.is_encoder_decoder
     if s_ed != l_ed:
         kinds = {True: "encoder-decoder", False: "decoder-only"}

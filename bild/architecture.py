@@ -1,0 +1,75 @@
+"""What a model's architecture allows BiLD to do exactly: refuse it, share one cache across rows, or not.
+
+BiLD rolls a model back by cropping its key/value cache, and batches rows of different committed
+lengths in one cache by masking the slots of rejected drafts (holes) and giving explicit position
+ids. Three things break that, and each is decided here from the model alone, before generation:
+- a state that is not a per-token key/value cache (recurrent, state-space, linear attention) cannot
+  be cropped: refused;
+- a forward without a cache argument recomputes nothing and keeps nothing: refused;
+- positions not taken from position ids (ALiBi from the key length, learned positions from the
+  cache length) or an attention window counted in cache slots see the holes: such a batch runs
+  row by row (exact, not batched).
+"""
+
+from __future__ import annotations
+
+import inspect
+
+from transformers import PreTrainedModel
+from transformers.cache_utils import get_layer_types_and_kwargs
+
+_KV_LAYER_TYPES = {"full_attention", "sliding_attention", "chunked_attention", "dummy"}
+_WINDOW_LAYER_TYPES = {"sliding_attention", "chunked_attention"}
+
+
+def _forward_params(model: PreTrainedModel) -> set[str]:
+    return set(inspect.signature(model.forward).parameters)
+
+
+def _decoder_config(model: PreTrainedModel):
+    return model.config.get_text_config(decoder=True)
+
+
+def _layer_types(model: PreTrainedModel) -> list[str]:
+    try:
+        return get_layer_types_and_kwargs(_decoder_config(model))[0]
+    except Exception:  # configs without per-layer information: one kind of layer
+        return ["full_attention"]
+
+
+def sliding_window(model: PreTrainedModel) -> int | None:
+    """The attention window (in tokens) of the model's windowed layers, or None without one."""
+    config = _decoder_config(model)
+    for name in ("sliding_window", "attention_chunk_size", "window_size"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    if "local" in str(getattr(config, "attention_layers", "")):  # GPT-Neo
+        return getattr(config, "window_size", None)
+    return None
+
+
+def needs_row_by_row(model: PreTrainedModel) -> bool:
+    """True if rows of different committed lengths cannot share one cache exactly (see module docstring)."""
+    if model.config.is_encoder_decoder:
+        return True
+    if "position_ids" not in _forward_params(model):
+        return True
+    return sliding_window(model) is not None
+
+
+def check_architecture(model: PreTrainedModel, name: str = "large") -> None:
+    """Raise ValueError if BiLD cannot roll this model back exactly."""
+    kind = type(model).__name__
+    params = _forward_params(model)
+    if not ({"past_key_values", "cache"} & params):
+        raise ValueError(
+            f"The {name} model ({kind}) takes no key/value cache in its forward, so BiLD cannot keep or roll back "
+            "its state. BiLD needs models with a key/value cache; use the model's own generate."
+        )
+    other = sorted(set(_layer_types(model)) - _KV_LAYER_TYPES)
+    if other:
+        raise ValueError(
+            f"The {name} model ({kind}) keeps a recurrent state ({', '.join(other)} layers) that cannot be rolled "
+            "back; BiLD needs models with a key/value cache. Use the model's own generate."
+        )
