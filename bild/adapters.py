@@ -224,9 +224,11 @@ class EncoderDecoderAdapter(ModelAdapter):
             source_length = self.encoder_outputs.last_hidden_state.shape[1]
             return EncoderDecoderCache(
                 keep_every_slot(StaticCache(config=self.model.config, max_cache_len=self.static_length), self.static_length),
-                StaticCache(config=self.model.config, max_cache_len=source_length),
+                keep_every_slot(StaticCache(config=self.model.config, max_cache_len=source_length), source_length),
             )
-        return EncoderDecoderCache(keep_every_slot(DynamicCache(config=self.model.config)), DynamicCache(config=self.model.config))
+        # Cross-attention never slides: its cache holds the whole source (T5Gemma 2's decoder has sliding layers).
+        return EncoderDecoderCache(keep_every_slot(DynamicCache(config=self.model.config)),
+                                   keep_every_slot(DynamicCache(config=self.model.config)))
 
     def _forward(self, tokens, real, positions, keep):
         # Padding dummies may only trail the real tokens: the decoder has no position ids to skip holes.

@@ -18,6 +18,13 @@ import inspect
 from transformers import PreTrainedModel
 from transformers.cache_utils import get_layer_types_and_kwargs
 
+# Attention models whose cache cannot take a block of new tokens, or cannot mask cached slots.
+_REFUSED_TYPES = {
+    "prophetnet": "its decoder accepts one new token per forward once it has a cache (n-gram streams), so drafts "
+    "cannot be verified in one pass",
+    "cpmant": "its relative position bias covers only the tokens of one forward, not a cache plus several new tokens",
+    "xlm": "its attention mask covers only the new tokens of a forward, so cached slots cannot be masked",
+}
 _KV_LAYER_TYPES = {"full_attention", "sliding_attention", "chunked_attention", "dummy"}
 _WINDOW_LAYER_TYPES = {"sliding_attention", "chunked_attention"}
 
@@ -67,9 +74,13 @@ def check_architecture(model: PreTrainedModel, name: str = "large") -> None:
             f"The {name} model ({kind}) takes no key/value cache in its forward, so BiLD cannot keep or roll back "
             "its state. BiLD needs models with a key/value cache; use the model's own generate."
         )
+    reason = _REFUSED_TYPES.get(getattr(model.config, "model_type", None))
+    if reason:
+        raise ValueError(f"BiLD cannot run the {name} model ({kind}) exactly: {reason}. Use the model's own generate.")
     other = sorted(set(_layer_types(model)) - _KV_LAYER_TYPES)
     if other:
         raise ValueError(
-            f"The {name} model ({kind}) keeps a recurrent state ({', '.join(other)} layers) that cannot be rolled "
-            "back; BiLD needs models with a key/value cache. Use the model's own generate."
+            f"The {name} model ({kind}) keeps a recurrent state ({', '.join(other)} layers: recurrent, state-space, "
+            "linear or compressed attention) that cannot be rolled back; BiLD needs models with a key/value cache. "
+            "Use the model's own generate."
         )

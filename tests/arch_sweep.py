@@ -44,6 +44,7 @@ _NOT_TEXT = {
     "trocr": "OCR decoder (its input is an image encoder's output)",
     "musicgen": "audio codes, not text", "musicgen_melody": "audio codes, not text",
     "moshi": "speech model (audio codes)",
+    "fuyu": "multimodal (image patches in the decoder's input)",
     "encoder-decoder": "composite of two other architectures (each is swept on its own)",
 }
 
@@ -102,10 +103,10 @@ def skip_reason(arch: str) -> str | None:
     return None
 
 
-def _scale(config, layers: int) -> None:
-    """Shrink a config object in place (post-construction; used for nested sub-configs)."""
+def _scale(config, layers: int, keep=frozenset()) -> None:
+    """Shrink a config object in place after construction (nested sub-configs, derived fields); `keep`: leave these."""
     for name, value in _SIZES.items():
-        if hasattr(config, name) and not isinstance(getattr(config, name), (dict, list)):
+        if name not in keep and hasattr(config, name) and not isinstance(getattr(config, name), (dict, list)):
             if getattr(config, name) is not None or name in ("head_dim",):
                 with contextlib.suppress(Exception):  # read-only (derived) fields stay derived
                     setattr(config, name, value)
@@ -131,6 +132,19 @@ def _scale(config, layers: int) -> None:
             _scale(child, layers)
 
 
+# Where the generic scaling is not enough for transformers to build the model at all.
+_OVERRIDES = {
+    "bamba": dict(attn_layer_indices=[1]),
+    "jamba": dict(attn_layer_period=2, attn_layer_offset=1, expert_layer_period=2, expert_layer_offset=1),
+    "recurrent_gemma": dict(block_types=["recurrent", "attention"]),
+    "granitemoehybrid": dict(layer_types=["linear_attention", "full_attention"]),
+    "nemotron_h": dict(layers_block_type=["linear_attention", "full_attention"]),
+    "mamba2": dict(num_heads=4, head_dim=16, n_groups=1),
+    "xlstm": dict(embedding_dim=32, num_heads=4, num_blocks=2),
+    "reformer": dict(axial_pos_embds_dim=[16, 16], attn_layers=["local", "lsh"], axial_pos_shape=[4, 64]),
+}
+
+
 def _mixed(types: list[str], layers: int) -> list[str]:
     """`layers` layer types that keep every kind the default has (a hybrid keeps an attention layer)."""
     kinds = list(dict.fromkeys(types))
@@ -147,15 +161,21 @@ def tiny_config(arch: str, layers: int):
     for name in _WINDOWS:
         if isinstance(getattr(default, name, None), int) and getattr(default, name) > 0:
             kwargs[name] = WINDOW
-    if getattr(default, "layer_types", None) is not None:
-        kwargs["layer_types"] = _mixed(list(default.layer_types), layers)
+    n_default = next((getattr(default, n) for n in _LAYERS if isinstance(getattr(default, n, None), int)), None)
+    for attr, value in default.to_dict().items():  # per-layer lists (layer_types, layers_block_type, ...)
+        if isinstance(value, list) and len(value) == n_default and value and all(isinstance(v, str) for v in value):
+            kwargs[attr] = _mixed(value, layers)
+    if getattr(default, "kv_lora_rank", None):  # multi-head latent attention: rope dims = head_dim, kv heads = heads
+        kwargs.update(num_key_value_heads=kwargs.get("num_attention_heads", 4), qk_rope_head_dim=8, qk_nope_head_dim=8,
+                      qk_head_dim=16, head_dim=8, v_head_dim=8)
+    kwargs.update(_OVERRIDES.get(arch, {}))
     try:
         config = cls(**kwargs)
     except Exception:  # a derived field (layer_types, per-layer lists) disagrees: scale after construction
         config = cls()
         _scale(config, layers)
     else:
-        _scale(config, layers)
+        _scale(config, layers, keep=frozenset(kwargs))
     return config
 
 
