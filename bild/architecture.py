@@ -14,9 +14,10 @@ ids. Three things break that, and each is decided here from the model alone, bef
 from __future__ import annotations
 
 import inspect
+import sys
 
 from transformers import PreTrainedModel
-from transformers.cache_utils import get_layer_types_and_kwargs
+from transformers.cache_utils import Cache, get_layer_types_and_kwargs
 
 # Attention models whose cache cannot take a block of new tokens, or cannot mask cached slots.
 _REFUSED_TYPES = {
@@ -65,6 +66,15 @@ def needs_row_by_row(model: PreTrainedModel) -> bool:
     return sliding_window(model) is not None
 
 
+def _own_cache_classes(model: PreTrainedModel) -> list[str]:
+    """Cache subclasses the model's modeling module defines (MiniMax's): BiLD only builds transformers' own."""
+    module = sys.modules.get(type(model).__module__)
+    return sorted(
+        n for n, o in vars(module or {}).items()
+        if inspect.isclass(o) and issubclass(o, Cache) and o.__module__ == getattr(module, "__name__", None)
+    )
+
+
 def check_architecture(model: PreTrainedModel, name: str = "large") -> None:
     """Raise ValueError if BiLD cannot roll this model back exactly."""
     kind = type(model).__name__
@@ -73,6 +83,17 @@ def check_architecture(model: PreTrainedModel, name: str = "large") -> None:
         raise ValueError(
             f"The {name} model ({kind}) takes no key/value cache in its forward, so BiLD cannot keep or roll back "
             "its state. BiLD needs models with a key/value cache; use the model's own generate."
+        )
+    if "attention_mask" not in params:
+        raise ValueError(
+            f"The {name} model ({kind}) takes no attention mask, so BiLD cannot mask padding or rolled-back cache "
+            "slots. BiLD needs models with a key/value cache and an attention mask; use the model's own generate."
+        )
+    own = _own_cache_classes(model)
+    if own:
+        raise ValueError(
+            f"The {name} model ({kind}) needs a cache class of its own ({', '.join(own)}), which BiLD cannot crop "
+            "back to a committed prefix. BiLD needs models with a key/value cache; use the model's own generate."
         )
     reason = _REFUSED_TYPES.get(getattr(model.config, "model_type", None))
     if reason:
