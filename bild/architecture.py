@@ -27,7 +27,7 @@ _REFUSED_TYPES = {
     "xlm": "its attention mask covers only the new tokens of a forward, so cached slots cannot be masked",
 }
 _KV_LAYER_TYPES = {"full_attention", "sliding_attention", "chunked_attention", "dummy"}
-_WINDOW_LAYER_TYPES = {"sliding_attention", "chunked_attention"}
+_RECURRENT_LAYER_TYPES = {"conv", "linear_attention", "hybrid", "hybrid_sliding"}
 
 
 def _forward_params(model: PreTrainedModel) -> set[str]:
@@ -99,9 +99,16 @@ def check_architecture(model: PreTrainedModel, name: str = "large") -> None:
     if reason:
         raise ValueError(f"BiLD cannot run the {name} model ({kind}) exactly: {reason}. Use the model's own generate.")
     other = sorted(set(_layer_types(model)) - _KV_LAYER_TYPES)
+    recurrent = [t for t in other if t in _RECURRENT_LAYER_TYPES]
+    if recurrent:
+        raise ValueError(
+            f"The {name} model ({kind}) keeps a recurrent state ({', '.join(recurrent)} layers: state-space, "
+            "convolution or linear attention) that cannot be rolled back; BiLD needs models with a key/value cache. "
+            "Use the model's own generate."
+        )
     if other:
         raise ValueError(
-            f"The {name} model ({kind}) keeps a recurrent state ({', '.join(other)} layers: recurrent, state-space, "
-            "linear or compressed attention) that cannot be rolled back; BiLD needs models with a key/value cache. "
+            f"The {name} model ({kind}) keeps a cache that is not one key/value slot per token ({', '.join(other)} "
+            "layers: indexed or compressed attention), which BiLD cannot crop back to a committed prefix exactly. "
             "Use the model's own generate."
         )

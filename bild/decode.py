@@ -22,6 +22,7 @@ from .config import ALWAYS_FALLBACK, BiLDConfig
 from .policy import fallback_mask, first_rejection, max_prob_and_argmax, token_logprobs
 from .stats import BiLDStats
 from .architecture import needs_row_by_row
+from .row_processors import for_rows
 from .validation import check_generation_config, check_left_padding, check_lengths, check_pair
 
 
@@ -56,7 +57,7 @@ def process(processors: LogitsProcessorList, seq: torch.Tensor, rows: torch.Tens
         return scores
     out = torch.empty_like(scores)
     for sel, length in _grouped_by_length(rows, prefix_lens):
-        out[sel] = processors(seq[rows[sel], :length], scores[sel])
+        out[sel] = for_rows(processors, rows[sel])(seq[rows[sel], :length], scores[sel])
     return out
 
 
@@ -275,7 +276,7 @@ def bild_generate(
             for a in (small, large):
                 a.sync = bild_profile
             seq, st = decode(small, large, input_ids[r : r + 1], torch.ones_like(input_ids[r : r + 1], dtype=torch.bool),
-                             processors, criteria, cfg, max_length, pad)
+                             for_rows(processors, [r]), criteria, cfg, max_length, pad)
             outs.append(seq)
             parts.append(st)
         width = max(o.shape[1] for o in outs) if outs else input_ids.shape[1]
@@ -299,7 +300,8 @@ def bild_generate(
             small = DecoderOnlyAdapter(small_model, g.stop - g.start, device, vocab, **fast(small_model, "small"))
             large = DecoderOnlyAdapter(model, g.stop - g.start, device, **fast(model, "large"))
             small.sync = large.sync = bild_profile
-            seq, st = decode(small, large, input_ids[g], valid[g], processors, criteria, cfg, max_length, pad)
+            seq, st = decode(small, large, input_ids[g], valid[g], for_rows(processors, list(range(B))[g]), criteria,
+                             cfg, max_length, pad)
             outs.append(seq)
             parts.append(st)
         sequences = _stack_rows(outs, pad) if len(outs) > 1 else outs[0]

@@ -210,7 +210,7 @@ def build(arch: str, kind: str, layers: int, seed: int):
     gc = model.generation_config
     gc.pad_token_id, gc.bos_token_id, gc.eos_token_id = PAD, BOS, None
     for name in ("forced_bos_token_id", "forced_eos_token_id", "no_repeat_ngram_size", "min_length",
-                 "encoder_no_repeat_ngram_size", "begin_suppress_tokens", "suppress_tokens"):
+                 "begin_suppress_tokens", "suppress_tokens"):
         if getattr(gc, name, None) is not None:
             setattr(gc, name, None)
     gc.do_sample, gc.num_beams, gc.max_length = False, 1, 256
