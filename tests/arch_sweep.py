@@ -145,6 +145,7 @@ _OVERRIDES = {
     "gemma4_text": dict(per_layer_config=None, vocab_size_per_layer_input=VOCAB, hidden_size_per_layer_input=8),
     "gemma3n_text": dict(num_kv_shared_layers=0, activation_sparsity_pattern=[0.0, 0.0], intermediate_size=[64, 64],
                          vocab_size_per_layer_input=VOCAB, hidden_size_per_layer_input=8),
+    "lfm2": dict(layer_types=["conv", "full_attention"]),  # the default config has no conv layer; checkpoints do
     "lfm2_moe": dict(num_dense_layers=1, layer_types=["conv", "full_attention"]),
     "reformer": dict(axial_pos_embds_dim=[16, 16], attn_layers=["local", "lsh"], axial_pos_shape=[4, 64]),
 }
