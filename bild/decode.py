@@ -18,11 +18,11 @@ from transformers import GenerationConfig, LogitsProcessorList, PreTrainedModel,
 from transformers.utils import ModelOutput
 
 from .adapters import DecoderOnlyAdapter, EncoderDecoderAdapter, ModelAdapter, encode
+from .architecture import needs_row_by_row
 from .config import ALWAYS_FALLBACK, BiLDConfig
 from .policy import fallback_mask, first_rejection, max_prob_and_argmax, token_logprobs
-from .stats import BiLDStats
-from .architecture import needs_row_by_row
 from .row_processors import for_rows
+from .stats import BiLDStats
 from .validation import check_generation_config, check_left_padding, check_lengths, check_pair
 
 
@@ -294,7 +294,7 @@ def bild_generate(
         # Row by row (each row keeps its left padding, as in transformers' batch) where holes in a
         # shared cache would shift positions or windows: see architecture.needs_row_by_row.
         B = input_ids.shape[0]
-        groups = [slice(r, r + 1) for r in range(B)] if needs_row_by_row(model) else [slice(0, B)]
+        groups = [slice(r, r + 1) for r in range(B)] if B > 1 and needs_row_by_row(model) else [slice(0, B)]
         outs, parts = [], []
         for g in groups:
             small = DecoderOnlyAdapter(small_model, g.stop - g.start, device, vocab, **fast(small_model, "small"))
