@@ -19,7 +19,7 @@ import time
 
 import torch
 from transformers import DynamicCache, EncoderDecoderCache, PreTrainedModel, StaticCache
-from transformers.cache_utils import StaticLayer
+from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer, StaticLayer, StaticSlidingWindowLayer
 
 
 def _forward_params(model: PreTrainedModel) -> set[str]:
@@ -43,6 +43,22 @@ def crop_cache(cache, tokens_to_remove: int) -> None:
                 layer.cumulative_length.sub_(tokens_to_remove)
         else:
             layer.crop(-tokens_to_remove)
+
+
+def keep_every_slot(cache, static_length: int | None = None):
+    """Replace sliding-window layers by full ones, in place; returns the cache.
+
+    A sliding layer drops slots past its window, so a rollback there cannot be cropped back. A full
+    layer keeps them, and the window still holds: transformers builds the sliding-window mask from
+    cache positions for these layers whatever the cache keeps. The cost is memory: such a layer holds
+    the whole sequence instead of `sliding_window` slots.
+    """
+    for i, layer in enumerate(cache.layers):
+        if type(layer) is DynamicSlidingWindowLayer:
+            cache.layers[i] = DynamicLayer()
+        elif type(layer) is StaticSlidingWindowLayer:
+            cache.layers[i] = StaticLayer(max_cache_len=static_length)
+    return cache
 
 
 class ModelAdapter:
@@ -83,8 +99,8 @@ class ModelAdapter:
 
     def _new_cache(self):
         if self.static_length is not None:
-            return StaticCache(config=self.model.config, max_cache_len=self.static_length)
-        return DynamicCache(config=self.model.config)
+            return keep_every_slot(StaticCache(config=self.model.config, max_cache_len=self.static_length), self.static_length)
+        return keep_every_slot(DynamicCache(config=self.model.config))
 
     def feed(
         self,
@@ -209,10 +225,12 @@ class EncoderDecoderAdapter(ModelAdapter):
         if self.static_length is not None:
             source_length = self.encoder_outputs.last_hidden_state.shape[1]
             return EncoderDecoderCache(
-                StaticCache(config=self.model.config, max_cache_len=self.static_length),
-                StaticCache(config=self.model.config, max_cache_len=source_length),
+                keep_every_slot(StaticCache(config=self.model.config, max_cache_len=self.static_length), self.static_length),
+                keep_every_slot(StaticCache(config=self.model.config, max_cache_len=source_length), source_length),
             )
-        return EncoderDecoderCache(DynamicCache(config=self.model.config), DynamicCache(config=self.model.config))
+        # Cross-attention never slides: its cache holds the whole source (T5Gemma 2's decoder has sliding layers).
+        return EncoderDecoderCache(keep_every_slot(DynamicCache(config=self.model.config)),
+                                   keep_every_slot(DynamicCache(config=self.model.config)))
 
     def _forward(self, forward, tokens, real, positions, keep):
         # Padding dummies may only trail the real tokens: the decoder has no position ids to skip holes.

@@ -22,6 +22,7 @@ from .adapters import ModelAdapter
 from .choosers import Chooser
 from .config import ALWAYS_FALLBACK, BiLDConfig
 from .policy import fallback_mask
+from .row_processors import for_rows
 from .stats import BiLDStats
 
 
@@ -57,7 +58,7 @@ def process(processors: LogitsProcessorList, seq: torch.Tensor, rows: torch.Tens
         return scores
     out = torch.empty_like(scores)
     for sel, length in _grouped_by_length(rows, prefix_lens):
-        out[sel] = processors(seq[rows[sel], :length], scores[sel])
+        out[sel] = for_rows(processors, rows[sel])(seq[rows[sel], :length], scores[sel])
     return out
 
 

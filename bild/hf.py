@@ -15,9 +15,11 @@ import torch
 from transformers import GenerationConfig, LogitsProcessorList, PreTrainedModel, StoppingCriteriaList
 
 from .adapters import DecoderOnlyAdapter, EncoderDecoderAdapter, encode
+from .architecture import needs_row_by_row
 from .choosers import Greedy, Sampler
 from .config import BiLDConfig
 from .decode import BiLDOutput, decode
+from .row_processors import for_rows
 from .stats import BiLDStats
 from .validation import check_generation_config, check_left_padding, check_lengths, check_pair
 
@@ -130,23 +132,35 @@ class Run:
     streamer: object
     profile: bool
 
-    def decode(self, small, large, prompt, prompt_valid):
+    def decode(self, small, large, prompt, prompt_valid, rows: list[int]):
+        """Decode `prompt`, rows `rows` of the request (row-wise processors get those rows' state)."""
         B = prompt.shape[0]
         choose = Sampler(self.cfg.rollback_threshold, B, self.cfg.max_small_steps, self.generator) if self.sampling \
             else Greedy(self.cfg.rollback_threshold)
-        return decode(small, large, prompt, prompt_valid, self.processors, self.criteria, choose, self.cfg,
-                      self.max_length, self.pad, self.streamer)
+        return decode(small, large, prompt, prompt_valid, for_rows(self.processors, rows), self.criteria, choose,
+                      self.cfg, self.max_length, self.pad, self.streamer)
 
 
 def _decoder_only(model, small_model, vocab, input_ids, mask, fast: "FastPath", run: Run):
-    """One batch: rows share each model's cache (holes masked, explicit position ids)."""
+    """One batch: rows share each model's cache (holes masked, explicit position ids); row by row (each row
+    keeping its left padding, as in transformers' batch) where holes in a shared cache would shift positions
+    or windows: see architecture.needs_row_by_row."""
     check_lengths({"small": small_model, "large": model}, input_ids.shape[1], run.max_length)
     device = input_ids.device
     valid = torch.ones_like(input_ids, dtype=torch.bool) if mask is None else mask.to(device).bool()
     B = input_ids.shape[0]
-    small = DecoderOnlyAdapter(small_model, B, device, vocab, sync=run.profile, **fast.options(small_model, "small"))
-    large = DecoderOnlyAdapter(model, B, device, sync=run.profile, **fast.options(model, "large"))
-    return run.decode(small, large, input_ids, valid)
+    groups = [[r] for r in range(B)] if B > 1 and needs_row_by_row(model) else [list(range(B))]
+    outs, parts = [], []
+    for rows in groups:
+        g = slice(rows[0], rows[-1] + 1)
+        small = DecoderOnlyAdapter(small_model, len(rows), device, vocab, sync=run.profile, **fast.options(small_model, "small"))
+        large = DecoderOnlyAdapter(model, len(rows), device, sync=run.profile, **fast.options(model, "large"))
+        seq, st = run.decode(small, large, input_ids[g], valid[g], rows)
+        outs.append(seq)
+        parts.append(st)
+    if len(outs) == 1:
+        return outs[0], parts[0]
+    return _stack_rows(outs, run.pad), BiLDStats.concat(parts)
 
 
 def _encoder_decoder(model, small_model, vocab, input_ids, inputs_tensor, model_kwargs, fast: "FastPath", run: Run):
@@ -171,14 +185,21 @@ def _encoder_decoder(model, small_model, vocab, input_ids, inputs_tensor, model_
         mask_r = None if source_mask is None else source_mask[r : r + 1]
         small = adapter(small_model, "small", vocab, _row(small_enc, r // per_source), mask_r)
         large = adapter(model, "large", None, _row(large_enc, r), mask_r)
-        seq, st = run.decode(small, large, input_ids[r : r + 1], torch.ones_like(input_ids[r : r + 1], dtype=torch.bool))
+        seq, st = run.decode(small, large, input_ids[r : r + 1], torch.ones_like(input_ids[r : r + 1], dtype=torch.bool),
+                             [r])
         outs.append(seq)
         parts.append(st)
-    width = max(o.shape[1] for o in outs) if outs else input_ids.shape[1]
-    sequences = torch.full((len(outs), width), run.pad, dtype=torch.long, device=device)
+    return _stack_rows(outs, run.pad), BiLDStats.concat(parts)
+
+
+def _stack_rows(outs: list[torch.Tensor], pad: int) -> torch.Tensor:
+    """One (B, max width) tensor from rows generated alone, right-padded with `pad`."""
+    if not outs:
+        return torch.empty(0, 0, dtype=torch.long)
+    sequences = torch.full((len(outs), max(o.shape[1] for o in outs)), pad, dtype=torch.long, device=outs[0].device)
     for r, o in enumerate(outs):
         sequences[r, : o.shape[1]] = o
-    return sequences, BiLDStats.concat(parts)
+    return sequences
 
 
 def _expansion(input_ids, inputs_tensor) -> int:

@@ -3,8 +3,12 @@ with a message that says what to do instead."""
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 from transformers import GenerationConfig, PreTrainedModel
+
+from .architecture import check_architecture
 
 
 def output_vocab_size(model: PreTrainedModel) -> int:
@@ -16,6 +20,42 @@ def output_vocab_size(model: PreTrainedModel) -> int:
 
 def _tokenizer_vocab(tokenizer) -> dict[int, str]:
     return {i: t for t, i in tokenizer.get_vocab().items()}
+
+
+# Tokenizer pairs already found to agree, so that generate does not compare two 150k-entry vocabularies
+# on every call: (id small, id large) -> (weak refs to both, their lengths when compared). The weak refs
+# make a reused id miss; the lengths make a tokenizer that gained tokens since then be compared again.
+_AGREEING: dict[tuple[int, int], tuple] = {}
+
+
+def _known_to_agree(a, b) -> bool:
+    hit = _AGREEING.get((id(a), id(b)))
+    return hit is not None and hit[0]() is a and hit[1]() is b and hit[2] == (len(a), len(b))
+
+
+def _remember_agreement(a, b) -> None:
+    for key in [k for k, (ra, rb, _) in _AGREEING.items() if ra() is None or rb() is None]:
+        del _AGREEING[key]
+    try:
+        _AGREEING[(id(a), id(b))] = (weakref.ref(a), weakref.ref(b), (len(a), len(b)))
+    except TypeError:  # an object without weak references: compared on every call
+        pass
+
+
+def check_tokenizers(small_tokenizer, large_tokenizer) -> None:
+    """Raise ValueError unless the two tokenizers map every id to the same token (remembered per pair)."""
+    if small_tokenizer is large_tokenizer or _known_to_agree(small_tokenizer, large_tokenizer):
+        return
+    a, b = _tokenizer_vocab(small_tokenizer), _tokenizer_vocab(large_tokenizer)
+    differing = [i for i in set(a) | set(b) if a.get(i) != b.get(i)]
+    if differing:
+        i = min(differing)
+        raise ValueError(
+            f"The small and large tokenizers disagree on {len(differing)} token ids (first: id {i} is "
+            f"{a.get(i)!r} for small, {b.get(i)!r} for large). BiLD needs one shared vocabulary: use a "
+            "small model trained with the large model's tokenizer."
+        )
+    _remember_agreement(small_tokenizer, large_tokenizer)
 
 
 def check_pair(small: PreTrainedModel, large: PreTrainedModel, small_tokenizer=None, large_tokenizer=None) -> int:
@@ -30,6 +70,7 @@ def check_pair(small: PreTrainedModel, large: PreTrainedModel, small_tokenizer=N
                 f"The {name} model ({type(model).__name__}) has no language-model head; load it with "
                 "AutoModelForCausalLM or AutoModelForSeq2SeqLM."
             )
+        check_architecture(model, name)
     s_ed, l_ed = small.config.is_encoder_decoder, large.config.is_encoder_decoder
     if s_ed != l_ed:
         kinds = {True: "encoder-decoder", False: "decoder-only"}
@@ -39,15 +80,7 @@ def check_pair(small: PreTrainedModel, large: PreTrainedModel, small_tokenizer=N
         )
     vs, vl = output_vocab_size(small), output_vocab_size(large)
     if small_tokenizer is not None and large_tokenizer is not None:
-        a, b = _tokenizer_vocab(small_tokenizer), _tokenizer_vocab(large_tokenizer)
-        differing = [i for i in set(a) | set(b) if a.get(i) != b.get(i)]
-        if differing:
-            i = min(differing)
-            raise ValueError(
-                f"The small and large tokenizers disagree on {len(differing)} token ids (first: id {i} is "
-                f"{a.get(i)!r} for small, {b.get(i)!r} for large). BiLD needs one shared vocabulary: use a "
-                "small model trained with the large model's tokenizer."
-            )
+        check_tokenizers(small_tokenizer, large_tokenizer)
         emitted = max(len(small_tokenizer), len(large_tokenizer))
         if min(vs, vl) < emitted:
             raise ValueError(
@@ -71,8 +104,6 @@ _UNSUPPORTED = (
     ("output_logits", bool, "output_logits", "output_logits=False"),
     ("output_attentions", bool, "output_attentions", "output_attentions=False"),
     ("output_hidden_states", bool, "output_hidden_states", "output_hidden_states=False"),
-    ("encoder_repetition_penalty", lambda v: v is not None and v != 1.0, "encoder_repetition_penalty", "encoder_repetition_penalty=1.0"),
-    ("encoder_no_repeat_ngram_size", lambda v: v is not None and v > 0, "encoder_no_repeat_ngram_size", "encoder_no_repeat_ngram_size=0"),
     ("prompt_lookup_num_tokens", lambda v: v is not None, "prompt lookup decoding", "prompt_lookup_num_tokens=None"),
 )
 

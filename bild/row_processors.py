@@ -1,0 +1,43 @@
+"""Logits processors restricted to some rows of the batch transformers built them for.
+
+BiLD calls the generation config's processors on a few rows at a time (rows sharing a prefix
+length, or one row of a batch run row by row). Most processors read only the prefix they are
+given. Two hold the batch's encoder input ids, one row each, and pair row i of the scores with row
+i of those ids: `encoder_no_repeat_ngram_size` (Blenderbot's checkpoints ship 3) and
+`encoder_repetition_penalty`. `for_rows` gives them the selected rows' encoder ids, so that each
+row is processed with its own source, as transformers' `generate` does.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from transformers import LogitsProcessorList
+from transformers.generation.logits_process import (
+    EncoderNoRepeatNGramLogitsProcessor, EncoderRepetitionPenaltyLogitsProcessor,
+)
+
+
+def holds_rows(processors) -> bool:
+    """Whether some processor pairs score rows with the rows of the batch it was built for."""
+    return any(isinstance(p, (EncoderNoRepeatNGramLogitsProcessor, EncoderRepetitionPenaltyLogitsProcessor))
+               for p in processors or ())
+
+
+def for_rows(processors: LogitsProcessorList, rows: torch.Tensor | list[int]) -> LogitsProcessorList:
+    """The processors for scores of these batch rows (in this order); others are shared unchanged."""
+    if not holds_rows(processors):
+        return processors
+    index = torch.as_tensor(rows, dtype=torch.long).flatten()
+    out = LogitsProcessorList()
+    for p in processors:
+        if isinstance(p, EncoderNoRepeatNGramLogitsProcessor):
+            p = copy.copy(p)
+            p.generated_ngrams = [p.generated_ngrams[i] for i in index.tolist()]
+            p.batch_size = len(p.generated_ngrams)
+        elif isinstance(p, EncoderRepetitionPenaltyLogitsProcessor):
+            p = copy.copy(p)
+            p.encoder_input_ids = p.encoder_input_ids[index.to(p.encoder_input_ids.device)]
+        out.append(p)
+    return out
