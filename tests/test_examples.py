@@ -15,7 +15,8 @@ import sacrebleu
 from rouge_score import rouge_scorer
 
 from _example_fixtures import SUMMARIZATION_SAMPLE, TRANSLATION_SAMPLE, write_lines
-from bild import BiLDGenerator, evaluation
+from bild import BiLDGenerator, fetch
+from bild.eval import runner, systems
 
 ROOT = Path(__file__).resolve().parent.parent
 N_TRANSLATION = 5  # odd, so that the last batch of 2 is a partial one
@@ -87,6 +88,7 @@ def test_translation_writes_predictions_metrics_and_config(compared, de_en, deco
     assert config["settings"]["thresholds"] == {"fallback_threshold": 0.6, "rollback_threshold": 2.0,
                                                 "max_small_steps": 10}
     assert config["systems"] == ["bild", "large", "small", "assisted"]
+    assert config["timing"]["order"] == "interleaved" and result["timing"] == config["timing"]
     assert "--compare" in config["argv"]
 
 
@@ -150,7 +152,7 @@ def test_threshold_zero_reaches_the_decoder_as_zero(flags, decoder_pair, de_en, 
             super().__init__(*args, **kwargs)
             seen.append(self.config)
 
-    monkeypatch.setattr(evaluation, "BiLDGenerator", Spy)
+    monkeypatch.setattr(systems, "BiLDGenerator", Spy)
     argv = translation_args(decoder_pair, de_en, tmp_path / "out", flags[0], "0", flags[1], "0",
                             "--max_samples", "1", "--max_new_tokens", "2")
     result = translation.main(argv)
@@ -162,7 +164,7 @@ def test_resume_after_interrupt_gives_identical_predictions(compared, decoder_pa
     """Ctrl-C after one batch, then a kill in the middle of a line: the rerun completes the same predictions."""
     out = tmp_path / "resumed"
     argv = translation_args(decoder_pair, de_en, out, "--compare", "large")
-    original, calls = evaluation._generate_batch, []
+    original, calls = runner.generate_batch, []
 
     def interrupted(*args, **kwargs):
         calls.append(1)
@@ -170,10 +172,10 @@ def test_resume_after_interrupt_gives_identical_predictions(compared, decoder_pa
             raise KeyboardInterrupt
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(evaluation, "_generate_batch", interrupted)
+    monkeypatch.setattr(runner, "generate_batch", interrupted)
     with pytest.raises(KeyboardInterrupt):
         translation.main(argv)
-    monkeypatch.setattr(evaluation, "_generate_batch", original)
+    monkeypatch.setattr(runner, "generate_batch", original)
     bild_file = out / "predictions_bild.jsonl"
     assert [r["id"] for r in read_jsonl(bild_file)] == ["sample-0", "sample-1"]
     with open(bild_file, "a") as handle:  # what a kill during a write leaves behind
@@ -194,8 +196,8 @@ def test_rerun_of_a_finished_run_generates_nothing(compared, decoder_pair, de_en
     def fail(*args, **kwargs):
         raise AssertionError("a finished example was generated again")
 
-    monkeypatch.setattr(evaluation, "_generate_batch", fail)
-    monkeypatch.setattr(evaluation, "_warm_up", fail)
+    monkeypatch.setattr(runner, "generate_batch", fail)
+    monkeypatch.setattr(runner, "warm_up", fail)
     again = translation.main(translation_args(decoder_pair, de_en, out, "--compare", "large,small,assisted"))
     assert again["systems"] == result["systems"]
 
@@ -218,7 +220,7 @@ def test_default_job_fetches_the_pair_and_compares_with_large(decoder_pair, tmp_
         fetched.append(alias)
         return tuple(Path(p) for p in decoder_pair)
 
-    monkeypatch.setattr(evaluation.fetch, "fetch_pair", fake_fetch_pair)
+    monkeypatch.setattr(fetch, "fetch_pair", fake_fetch_pair)
     monkeypatch.chdir(tmp_path)
     result = translation.main(["--max_samples", "2", "--max_new_tokens", "2"])
     assert fetched == ["qwen2.5-coder"]
