@@ -3,7 +3,7 @@
     python benchmarks/bench_decode.py --small PATH --large PATH --prompts FILE.jsonl [--max_samples 20]
     python benchmarks/bench_decode.py            # tiny random models built on the fly (a smoke run)
 
-Prompts: JSON lines with a "prompt" field, or the translation layout of ../shared/data
+Prompts: JSON lines with a "prompt" field, or the translation layout of examples/data
 ({"translation": {"de": ..., "en": ...}}), which is prompted through the chat template.
 Every system gets one warm-up generation, then the same prompts at batch size 1; the clock is
 read after synchronising the device. Prints a table and writes JSON (machine and versions included).

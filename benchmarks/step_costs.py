@@ -21,8 +21,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, DynamicCache
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bild.env import environment  # noqa: E402
+from bild.env import environment
 
 
 def step_ms(model, context: int, new: int, repeats: int, forward=None) -> float:

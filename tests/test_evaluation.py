@@ -154,3 +154,32 @@ def test_compare_bild_settings_become_systems():
                         "bild-fb0.4-rbinf-n3": BiLDConfig(0.4, float("inf"), 3)}
     assert evaluate.systems_of(spec) == ["bild", "bild-fb0.4-rb5-n5", "bild-fb0.4-rbinf-n3", "assisted", "large"]
     assert evaluate.model_paths(spec, evaluate.systems_of(spec)) == {"small": "s", "large": "l"}
+
+
+def test_systems_are_interleaved_per_batch_with_one_warm_up_each_and_resume(tokenizer, tmp_path, monkeypatch):
+    """Batch i runs every system that still needs it, in their order rotated by i; finished work is skipped."""
+    import torch
+
+    calls = []
+
+    def system(name):
+        def generate(inputs, kwargs):
+            calls.append((name, kwargs["max_new_tokens"], inputs["input_ids"].shape[0]))
+            return [torch.tensor([5, 2]) for _ in range(inputs["input_ids"].shape[0])], None
+        return generate
+
+    ctx = runner.RunContext(PromptBuilder(tokenizer, "plain"), {"max_new_tokens": 20}, batch_size=2,
+                            device=torch.device("cpu"), eos_ids={2}, rank=None, show_progress=False, seed=0)
+    examples = [Example(str(i), "Hallo", "r") for i in range(5)]  # batches [0, 1], [2, 3], [4]
+    run_dir = RunDir(tmp_path)
+    run_dir.writer("b", None).write([{"id": "0"}, {"id": "1"}])  # b finished batch 0 in an earlier run
+    runs = [runner.System(name, system(name), run_dir) for name in ("a", "b", "c")]
+    assert runner.run_systems(runs, examples, ctx) == [5, 3, 5]
+    warm, timed = calls[:3], calls[3:]
+    assert [(name, steps) for name, steps, _ in warm] == [("a", 16), ("b", 16), ("c", 16)]
+    # batch 0: a b c without b; batch 1: b c a; batch 2: c a b.
+    assert [name for name, _, _ in timed] == ["a", "c", "b", "c", "a", "c", "a", "b"]
+    assert all(steps == 20 for _, steps, _ in timed)
+    assert [r["id"] for r in rundir.read_records(run_dir.prediction_path("b"))] == ["0", "1", "2", "3", "4"]
+    calls.clear()
+    assert runner.run_systems(runs, examples, ctx) == [0, 0, 0] and calls == []  # nothing left: no warm-up either
