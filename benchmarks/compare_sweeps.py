@@ -20,7 +20,8 @@ import argparse
 import json
 from pathlib import Path
 
-from bild.sweep import pareto_frontier, save_png
+from bild.frontier import pareto_frontier
+from bild.sweep_plot import save_png
 
 COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:purple")
 

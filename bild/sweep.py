@@ -36,11 +36,8 @@ What the frontier needs to be honest, and how it gets it:
 from __future__ import annotations
 
 import argparse
-import csv
 import dataclasses
-import io
 import json
-import math
 import shlex
 import sys
 import uuid
@@ -52,84 +49,16 @@ from .eval.data import DataSpec, Example, load_examples
 from .eval.evaluate import GenerationSpec, environment, generation_settings, run_context
 from .eval.prompts import PromptSpec
 from .eval.report import console_for, fmt, system_metrics
-from .eval.rundir import RunDir, atomic_write, atomic_write_json, atomic_write_text
+from .eval.rundir import RunDir, atomic_write_json
 from .eval.rundir import fingerprint as fingerprint_of
 from .eval.runner import TIMING, System, run_systems
 from .eval.systems import ModelSpec, cpu_only, load_models, resolve_device
 from .eval.tasks import Task
+from .frontier import (QUALITY_KEYS, bild_rates, format_threshold, json_safe, mark, point_name, threshold_grid,
+                       threshold_list, write_csv)
+from .sweep_plot import plot_sweep
 
 DEFAULT_METRIC = {"translation": "bleu", "summarization": "rougeL"}
-# Quality columns of both tasks; each row has those of its task.
-QUALITY_KEYS = ("bleu", "chrf", "rouge1", "rouge2", "rougeL", "rougeLsum")
-CSV_COLUMNS = ("point", "system", "fallback_threshold", "rollback_threshold", "quality", "quality_delta", "speedup",
-               "slower_than_large", "on_frontier", "recommended", "timed_with_large", "total_latency_s",
-               "ms_per_token", "tokens_per_s", "new_tokens", "mean_tokens_per_large_call", "fallback_rate",
-               "rollback_rate", "acceptance_rate", "small_token_share", *QUALITY_KEYS)
-# Quality differences smaller than this are float noise, not a loss.
-_QUALITY_EPS = 1e-9
-
-
-# ---------------------------------------------------------------------------------------------
-# Pure functions: grid, frontier, recommendation
-
-
-def threshold_list(text: str) -> list[float]:
-    """'0.3,0.5,inf' -> [0.3, 0.5, inf]: 'inf' is math.inf, 0 stays 0.0, repeats are dropped."""
-    values: list[float] = []
-    for item in text.split(","):
-        try:
-            value = float(item)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{item.strip()!r} is not a number (use inf for infinity)") from None
-        if math.isnan(value):
-            raise argparse.ArgumentTypeError("nan is not a threshold")
-        if value not in values:
-            values.append(value)
-    return values
-
-
-def threshold_grid(fallbacks: list[float], rollbacks: list[float], max_small_steps: int) -> list[BiLDConfig]:
-    """Every (fallback, rollback) pair, fallback-major, validated by BiLDConfig."""
-    try:
-        return [BiLDConfig(fb, rb, max_small_steps) for fb in fallbacks for rb in rollbacks]
-    except ValueError as err:
-        raise SystemExit(f"bild sweep: {err}") from None
-
-
-def format_threshold(value: float) -> str:
-    """3.0 -> '3', 0.5 -> '0.5', math.inf -> 'inf': short, and read back by the command line as the same float."""
-    short = f"{value:g}"
-    return short if float(short) == value else repr(value)
-
-
-def point_name(config: BiLDConfig) -> str:
-    return f"{format_threshold(config.fallback_threshold)}_{format_threshold(config.rollback_threshold)}"
-
-
-def pareto_frontier(points: list[dict]) -> list[dict]:
-    """The points that no other point beats on both "speedup" and "quality", by rising speed-up.
-
-    A point is dominated by another that is at least as fast and at least as good, and strictly
-    better on one of the two. Equal points do not dominate each other, so both stay.
-    """
-
-    def dominates(a: dict, b: dict) -> bool:
-        at_least = a["speedup"] >= b["speedup"] and a["quality"] >= b["quality"]
-        return at_least and (a["speedup"] > b["speedup"] or a["quality"] > b["quality"])
-
-    front = [p for p in points if not any(dominates(q, p) for q in points)]
-    return sorted(front, key=lambda p: (p["speedup"], p["quality"]))
-
-
-def recommend(points: list[dict], reference_quality: float, max_drop: float) -> dict | None:
-    """The fastest point that loses at most `max_drop` quality against the reference and is faster than it.
-
-    Ties in speed-up go to the better quality. None when no point qualifies: then the reference
-    (the large model alone) is at least as fast as every setting that keeps its quality.
-    """
-    within = [p for p in points
-              if p["speedup"] > 1.0 and reference_quality - p["quality"] <= max_drop + _QUALITY_EPS]
-    return max(within, key=lambda p: (p["speedup"], p["quality"]), default=None)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -224,23 +153,6 @@ def job_row(task: Task, job: Job, metrics: dict, large: dict, metric: str, timed
     return row
 
 
-def bild_rates(stats: dict) -> dict:
-    """Rates that explain a point's speed.
-
-    fallback_rate / rollback_rate: the share of rounds (= large-model calls) that ended because the
-    small model was unsure / in which the large model rejected a draft. small_token_share: the
-    share of committed tokens that were the small model's accepted drafts.
-    """
-    rounds = max(stats["large_forward_calls"], 1)
-    return {
-        "mean_tokens_per_large_call": stats["mean_tokens_per_large_call"],
-        "fallback_rate": stats["fallbacks"] / rounds,
-        "rollback_rate": stats["rollbacks"] / rounds,
-        "acceptance_rate": stats["acceptance_rate"],
-        "small_token_share": stats["tokens_from_small"] / max(stats["committed_tokens"], 1),
-    }
-
-
 def sweep_table(task: Task, jobs: list[Job], examples: list[Example], output_dir: Path, metric: str) -> list[dict]:
     """Rows of every job, from its finished predictions over `examples`."""
     references = [e.reference for e in examples]
@@ -254,103 +166,6 @@ def sweep_table(task: Task, jobs: list[Job], examples: list[Example], output_dir
     large_runs = timing.get("large", [])
     return [job_row(task, job, metrics[job.key], metrics["large"], metric,
                     len(large_runs) == 1 and timing.get(job.key) == large_runs) for job in jobs]
-
-
-def mark(rows: list[dict], reference_quality: float, max_drop: float) -> tuple[list[dict], dict | None]:
-    """Flag the frontier (over every row, references included) and the recommended BiLD point."""
-    frontier = pareto_frontier(rows)
-    recommended = recommend([r for r in rows if r["system"] == "bild"], reference_quality, max_drop)
-    for row in rows:
-        row["on_frontier"] = any(row is f for f in frontier)
-        row["recommended"] = row is recommended
-    return frontier, recommended
-
-
-def _csv_value(value) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, float):
-        return format_threshold(value) if math.isinf(value) else repr(value)
-    return str(value)
-
-
-def write_csv(path: Path, rows: list[dict]) -> None:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(CSV_COLUMNS)
-    for row in rows:
-        writer.writerow([_csv_value(row.get(column)) for column in CSV_COLUMNS])
-    atomic_write_text(path, buffer.getvalue())
-
-
-def json_safe(value):
-    """JSON has no infinity: an infinite float (a threshold) becomes the string "inf", at any depth."""
-    if isinstance(value, float) and math.isinf(value):
-        return format_threshold(value)
-    if isinstance(value, dict):
-        return {k: json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    return value
-
-
-# ---------------------------------------------------------------------------------------------
-# The plot
-
-
-def plot_sweep(rows: list[dict], frontier: list[dict], recommended: dict | None, path: Path, title: str,
-               metric: str, budget: float) -> None:
-    """Speed-up (x) against quality (y): every point, the frontier, large as a star, small as a diamond.
-
-    Drawn on a bare `Figure` (the Agg canvas, no pyplot), so no display and no global state are needed.
-    Points not timed in the large model's run are hollow; left of 1x is shaded: slower than large.
-    """
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(8, 5.5), dpi=120)
-    ax = fig.add_subplot()
-    points = [r for r in rows if r["system"] == "bild"]
-    for same_run in (True, False):
-        group = [p for p in points if p["timed_with_large"] == same_run]
-        if group:
-            ax.scatter([p["speedup"] for p in group], [p["quality"] for p in group], s=36, zorder=3,
-                       facecolors="tab:blue" if same_run else "none", edgecolors="tab:blue",
-                       label="BiLD grid point" if same_run else "BiLD point timed in another run")
-    # Ringed as well as joined, so that a frontier of one point still shows.
-    ax.plot([p["speedup"] for p in frontier], [p["quality"] for p in frontier], color="tab:red", lw=1.5, zorder=2,
-            marker="o", ms=11, mfc="none", mec="tab:red", label="Pareto frontier")
-    for p in frontier:
-        if p["system"] == "bild":
-            fb, rb = p["point"].split("_")
-            ax.annotate(f"fb {fb}, rb {rb}", (p["speedup"], p["quality"]), xytext=(6, 5),
-                        textcoords="offset points", fontsize=7)
-    references = {r["system"]: r for r in rows if r["system"] != "bild"}
-    ax.scatter([1.0], [references["large"]["quality"]], marker="*", s=220, color="gold", edgecolors="black",
-               zorder=4, label="large alone (greedy)")
-    ax.scatter([references["small"]["speedup"]], [references["small"]["quality"]], marker="D", s=60,
-               color="tab:green", edgecolors="black", zorder=4, label="small alone (greedy)")
-    if recommended is not None:
-        ax.scatter([recommended["speedup"]], [recommended["quality"]], s=240, facecolors="none",
-                   edgecolors="tab:purple", lw=2, zorder=5, label="recommended")
-    ax.axhline(budget, color="0.4", ls=":", lw=1, label="quality budget")
-    speedups = [r["speedup"] for r in rows] + [1.0]
-    pad = 0.05 * (max(speedups) - min(speedups) or 1.0)
-    left, right = min(speedups) - pad, max(speedups) + pad
-    ax.axvspan(left, 1.0, color="0.9", zorder=0, label="slower than large greedy")
-    ax.axvline(1.0, color="0.5", ls="--", lw=1)
-    ax.set_xlim(left, right)
-    ax.set_xlabel("speed-up over large greedy (total latency, same examples)")
-    ax.set_ylabel(metric)
-    ax.set_title(title, fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
-    save_png(fig, path)
-
-
-def save_png(fig, path: Path) -> None:
-    """Lay out `fig` and write it to `path` as PNG, atomically (a reader never sees half a file)."""
-    fig.tight_layout()
-    atomic_write(path, lambda handle: fig.savefig(handle, format="png"), binary=True)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 
 from _example_fixtures import SUMMARIZATION_SAMPLE, TRANSLATION_SAMPLE, save_pair, write_lines
-from bild import sweep
+from bild import frontier, sweep, sweep_plot
+from bild.cli import main as cli_main
 from bild.eval import cli, runner, systems
 from bild.eval.rundir import read_records
 from bild.eval.tasks import SUMMARIZATION
-from bild.cli import main as cli_main
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -31,44 +31,44 @@ def point(name: str, speedup: float, quality: float) -> dict:
 
 
 def test_threshold_list_parses_inf_keeps_zero_and_drops_repeats():
-    assert sweep.threshold_list("0,0.5, inf,0.5") == [0.0, 0.5, math.inf]
-    assert sweep.threshold_list("1,2,3,5,inf")[-1] == math.inf
+    assert frontier.threshold_list("0,0.5, inf,0.5") == [0.0, 0.5, math.inf]
+    assert frontier.threshold_list("1,2,3,5,inf")[-1] == math.inf
     with pytest.raises(argparse.ArgumentTypeError, match="not a number"):
-        sweep.threshold_list("0.5,,0.7")
+        frontier.threshold_list("0.5,,0.7")
     with pytest.raises(argparse.ArgumentTypeError, match="nan"):
-        sweep.threshold_list("nan")
+        frontier.threshold_list("nan")
     args = sweep.sweep_command_parser().parse_args(["--small", "s", "--large", "l", "--fallback", "0", "--rollback",
                                                     "0,inf"])
     assert args.fallback == [0.0] and args.rollback == [0.0, math.inf]
 
 
 def test_threshold_grid_validates_and_names_points():
-    grid = sweep.threshold_grid([0.5, 0.9], [0.0, math.inf], 10)
-    assert [sweep.point_name(c) for c in grid] == ["0.5_0", "0.5_inf", "0.9_0", "0.9_inf"]
-    assert sweep.format_threshold(0.1234567891) == "0.1234567891"  # never rounded into another threshold
+    grid = frontier.threshold_grid([0.5, 0.9], [0.0, math.inf], 10)
+    assert [frontier.point_name(c) for c in grid] == ["0.5_0", "0.5_inf", "0.9_0", "0.9_inf"]
+    assert frontier.format_threshold(0.1234567891) == "0.1234567891"  # never rounded into another threshold
     with pytest.raises(SystemExit, match="fallback_threshold must be in"):
-        sweep.threshold_grid([1.5], [1.0], 10)
+        frontier.threshold_grid([1.5], [1.0], 10)
 
 
 def test_pareto_frontier_keeps_exactly_the_non_dominated_points():
     points = [point("a", 1.0, 30.0), point("b", 1.5, 29.0), point("c", 1.4, 28.0), point("d", 2.0, 25.0),
               point("e", 0.8, 31.0), point("f", 1.5, 28.5), point("g", 2.0, 25.0)]
-    frontier = sweep.pareto_frontier(points)
-    assert [p["point"] for p in frontier] == ["e", "a", "b", "d", "g"]  # by rising speed-up; equal d and g both stay
+    front = frontier.pareto_frontier(points)
+    assert [p["point"] for p in front] == ["e", "a", "b", "d", "g"]  # by rising speed-up; equal d and g both stay
     for p in points:
         beaten = any(q["speedup"] >= p["speedup"] and q["quality"] >= p["quality"]
                      and (q["speedup"], q["quality"]) != (p["speedup"], p["quality"]) for q in points)
-        assert (p in frontier) == (not beaten), p["point"]
+        assert (p in front) == (not beaten), p["point"]
 
 
 def test_recommend_is_the_fastest_within_the_budget_and_faster_than_large():
     points = [point("slow-good", 0.9, 40.0), point("ok", 1.3, 39.6), point("fast", 1.8, 39.0),
               point("edge", 1.5, 39.5), point("tie-worse", 1.5, 39.5 - 1e-12)]
-    assert sweep.recommend(points, 40.0, 0.5)["point"] == "edge"  # a loss of exactly the budget is within it
-    assert sweep.recommend(points, 40.0, 1.0)["point"] == "fast"
-    assert sweep.recommend(points, 40.0, 0.1) is None  # only the point slower than large keeps the quality
-    assert sweep.recommend([point("better", 1.2, 41.0)], 40.0, 0.0)["point"] == "better"
-    assert sweep.recommend([], 40.0, 0.5) is None
+    assert frontier.recommend(points, 40.0, 0.5)["point"] == "edge"  # a loss of exactly the budget is within it
+    assert frontier.recommend(points, 40.0, 1.0)["point"] == "fast"
+    assert frontier.recommend(points, 40.0, 0.1) is None  # only the point slower than large keeps the quality
+    assert frontier.recommend([point("better", 1.2, 41.0)], 40.0, 0.0)["point"] == "better"
+    assert frontier.recommend([], 40.0, 0.5) is None
 
 
 def test_recommended_command_runs_the_example_script_with_the_same_settings():
@@ -90,9 +90,9 @@ def test_plot_of_hand_made_rows_is_a_png(tmp_path):
             {"system": "small", "point": "small", "speedup": 2.5, "quality": 22.0, "timed_with_large": True},
             {"system": "bild", "point": "0.5_3", "speedup": 1.6, "quality": 29.8, "timed_with_large": True},
             {"system": "bild", "point": "0.9_1", "speedup": 0.7, "quality": 30.1, "timed_with_large": False}]
-    frontier = sweep.pareto_frontier(rows)
+    front = frontier.pareto_frontier(rows)
     path = tmp_path / "plot.png"
-    sweep.plot_sweep(rows, frontier, rows[2], path, "title", "bleu", 29.5)
+    sweep_plot.plot_sweep(rows, front, rows[2], path, "title", "bleu", 29.5)
     assert path.read_bytes().startswith(PNG_MAGIC) and path.stat().st_size > 10_000
 
 
