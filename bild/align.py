@@ -36,7 +36,6 @@ slice (the last ``--eval_samples`` inputs, never trained on) and on as many trai
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import gc
 import sys
@@ -48,7 +47,6 @@ import torch
 from .config import BiLDConfig
 from .distill import (CHECKPOINT, TrainSpec, agreement, build_features, fine_tune, held_out_split, load_student,
                       save_student, training_settings)
-from .eval import cli
 from .eval.data import DataSpec, Example, load_examples
 from .eval.evaluate import GenerationSpec, environment, generation_settings, run_context
 from .eval.prompts import PromptSpec
@@ -122,16 +120,6 @@ class AlignSpec:
     eval_samples: int | None = None
     overwrite: bool = False
     options: dict = dataclasses.field(default_factory=dict)  # the command line's options, for config.json
-
-
-def align_spec(args: argparse.Namespace) -> AlignSpec:
-    """`bild align`'s options as an AlignSpec (split: train, else validation, else test)."""
-    task = cli.task_of(args)
-    split = cli.chosen_split(args, ("train", "validation", "test"))
-    train = TrainSpec(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainSpec)})
-    return AlignSpec(task, args.small, args.large, args.teacher, cli.data_spec(task, args, split),
-                     cli.prompt_spec(args), cli.generation_spec(task, args), train, args.output_dir,
-                     cli.model_spec(args), args.eval_samples, args.overwrite_output_dir, cli.options(args))
 
 
 def teacher_settings(spec: AlignSpec, device) -> dict:
@@ -220,62 +208,3 @@ def print_report(report: dict, console=None) -> None:
                         for when in ("before", "after")))
     console.print(table)
     console.print(f"Aligned small model (from_pretrained) in {report['output_dir']}; report in align_report.json")
-
-
-def align_command_parser(subparsers=None) -> argparse.ArgumentParser:
-    description = ("Fine-tune the small model on the large model's greedy outputs (sequence-level distillation), so "
-                   "that BiLD accepts more of its drafts; report teacher-forced agreement before and after.")
-    parser = cli.parser(description, "bild align", subparsers, "align",
-                        "fine-tune the small model to agree with the large")
-    cli.add_task_argument(parser)
-    models = cli.add_model_arguments(parser, device_map=False, device_help="auto (accelerate's choice, one device per "
-                                 "process) or cpu; pick GPUs with CUDA_VISIBLE_DEVICES or accelerate launch")
-    # Each process holds whole models on its own device: accelerate's data parallelism.
-    parser.set_defaults(device_map=None)
-    models.add_argument("--teacher", choices=("large", "bild"), default="large",
-                        help="produce the large model's greedy outputs with it alone, or with lossless BiLD "
-                             "(rollback 0: identical outputs, usually faster)")
-    data = cli.add_data_arguments(parser, None, split_help="split of the training inputs (None: train, else "
-                                                           "validation, else test)")
-    data.add_argument("--eval_samples", type=int, default=None,
-                        help="hold out the last N inputs to measure agreement (default: 10%%, at most 200)")
-    cli.add_prompt_arguments(parser, None, batch_help="batch size for generating the large model's outputs")
-    train = parser.add_argument_group("training")
-    train.add_argument("--learning_rate", type=float, default=5e-5)
-    train.add_argument("--num_train_epochs", type=int, default=3)
-    train.add_argument("--per_device_train_batch_size", type=int, default=8)
-    train.add_argument("--per_device_eval_batch_size", type=int, default=8, help="batch size of the agreement")
-    train.add_argument("--gradient_accumulation_steps", type=int, default=1)
-    train.add_argument("--weight_decay", type=float, default=0.0)
-    train.add_argument("--warmup_steps", type=int, default=0)
-    train.add_argument("--lr_scheduler_type", default="linear", choices=("linear", "cosine", "constant",
-                                                                          "constant_with_warmup"))
-    train.add_argument("--save_steps", type=int, default=0,
-                       help="also checkpoint the training every N updates (it is checkpointed after every epoch); "
-                            "a rerun with the same settings resumes from the checkpoint")
-    train.add_argument("--max_grad_norm", type=float, default=1.0, help="clip gradients to this norm (0: no clipping)")
-    lora = parser.add_argument_group("LoRA (needs peft)")
-    lora.add_argument("--lora_r", type=int, default=0, help="LoRA rank; 0 (default) fine-tunes every weight")
-    lora.add_argument("--lora_alpha", type=int, default=None, help="default: 2 x rank")
-    lora.add_argument("--lora_dropout", type=float, default=0.05)
-    lora.add_argument("--lora_target_modules", default="all-linear",
-                      help="comma-separated module names, or all-linear (default)")
-    cli.add_output_arguments(parser, "the aligned small model (from_pretrained folder), its report, and align/ with "
-                                     "the large model's outputs; rerun with the same folder to reuse them",
-                             "discard the large model's outputs in it", required=True)
-    if subparsers is not None:
-        parser.set_defaults(func=align_command)
-    return parser
-
-
-def align_command(args: argparse.Namespace) -> int:
-    run_align(align_spec(args))
-    return 0
-
-
-def main(argv=None) -> int:
-    return align_command(align_command_parser().parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -35,7 +35,6 @@ What the frontier needs to be honest, and how it gets it:
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import shlex
@@ -44,8 +43,7 @@ import uuid
 from pathlib import Path
 
 from .config import BiLDConfig
-from .eval import cli
-from .eval.data import DataSpec, Example, load_examples
+from .eval.data import SPLITS, DataSpec, Example, load_examples
 from .eval.evaluate import GenerationSpec, environment, generation_settings, run_context
 from .eval.prompts import PromptSpec
 from .eval.report import console_for, fmt, system_metrics
@@ -54,8 +52,7 @@ from .eval.rundir import fingerprint as fingerprint_of
 from .eval.runner import TIMING, System, run_systems
 from .eval.systems import ModelSpec, cpu_only, load_models, resolve_device
 from .eval.tasks import Task
-from .frontier import (QUALITY_KEYS, bild_rates, format_threshold, json_safe, mark, point_name, threshold_grid,
-                       threshold_list, write_csv)
+from .frontier import bild_rates, format_threshold, json_safe, mark, point_name, threshold_grid, write_csv
 from .sweep_plot import plot_sweep
 
 DEFAULT_METRIC = {"translation": "bleu", "summarization": "rougeL"}
@@ -193,19 +190,6 @@ class SweepSpec:
     options: dict = dataclasses.field(default_factory=dict)  # the command line's options, for config.json
 
 
-def sweep_spec(args: argparse.Namespace) -> SweepSpec:
-    """`bild sweep`'s options as a SweepSpec (split: validation, else test, else train; metric: the task's)."""
-    task = cli.task_of(args)
-    metric = args.metric or DEFAULT_METRIC[task.name]
-    if metric not in task.quality_keys:
-        raise SystemExit(f"--metric for {task.name} is one of {', '.join(task.quality_keys)}; got {metric}.")
-    split = cli.chosen_split(args, ("validation", "test", "train"))
-    return SweepSpec(task, args.small, args.large, tuple(args.fallback), tuple(args.rollback), args.max_small_steps,
-                     metric, args.max_quality_drop, cli.data_spec(task, args, split), cli.prompt_spec(args),
-                     cli.generation_spec(task, args), cli.model_spec(args), args.output_dir,
-                     args.overwrite_output_dir, cli.options(args))
-
-
 def sweep_settings(spec: SweepSpec, device) -> dict:
     """The example scripts' generation settings, without the thresholds: those vary by point."""
     return generation_settings(spec.task, {"small": spec.small, "large": spec.large},
@@ -226,7 +210,7 @@ def usage_command(spec: SweepSpec, config: BiLDConfig) -> str:
              "--max_small_steps", str(config.max_small_steps)]
     data, prompt = spec.data, spec.prompt
     options = {"dataset_name": data.dataset_name, "dataset_config": data.dataset_config,
-               **{f"{split}_file": data.files.get(split) for split in cli.SPLITS}, "split": data.split,
+               **{f"{split}_file": data.files.get(split) for split in SPLITS}, "split": data.split,
                **{c.option: value for c, value in zip(spec.task.columns, data.columns)},
                "source_prefix": prompt.source_prefix, "prompt_template": prompt.template,
                "max_source_length": prompt.max_source_length, "max_new_tokens": spec.generation.max_new_tokens,
@@ -319,45 +303,3 @@ def print_report(result: dict, console=None) -> None:
         # Plain and unwrapped, so that it can be copied; brackets in paths are not markup.
         console.print(f"  {result['command']}", soft_wrap=True, markup=False, highlight=False)
     console.print(f"Table, plot and predictions in {result['output_dir']}")
-
-
-def sweep_command_parser(subparsers=None) -> argparse.ArgumentParser:
-    description = ("Run BiLD at every point of a fallback x rollback grid on the same examples, against the large "
-                   "and small models alone; write a table and a speed-up/quality plot with the Pareto frontier, and "
-                   "recommend the fastest setting within a quality budget. Resumable.")
-    parser = cli.parser(description, "bild sweep", subparsers, "sweep", "tune BiLD's thresholds on a grid")
-    cli.add_task_argument(parser)
-    cli.add_model_arguments(parser)
-    grid = parser.add_argument_group("grid and recommendation")
-    grid.add_argument("--fallback", type=threshold_list, default=threshold_list("0.3,0.5,0.7,0.9"),
-                      help="comma-separated fallback thresholds (inf = always fall back)")
-    grid.add_argument("--rollback", type=threshold_list, default=threshold_list("1,2,3,5,inf"),
-                      help="comma-separated rollback thresholds in nats (0 = lossless, inf = never roll back)")
-    grid.add_argument("--max_small_steps", type=int, default=BiLDConfig.max_small_steps,
-                      help="at most this many small-model drafts per round, at every point")
-    grid.add_argument("--metric", choices=QUALITY_KEYS, default=None,
-                      help="quality on the plot and for the recommendation (None: bleu for translation, "
-                           "rougeL for summarization)")
-    grid.add_argument("--max_quality_drop", type=float, default=0.5,
-                      help="recommend the fastest point at most this many metric points below the large model")
-    cli.add_data_arguments(parser, None, split_help="split to sweep over (None: validation, else test, else train)")
-    cli.add_prompt_arguments(parser, None, batch_help="generation batch size of every system")
-    cli.add_output_arguments(parser, "where everything goes; rerun with the same folder to resume "
-                                     "(None: runs/sweep-<task>-<fingerprint of the settings>)",
-                             "discard an earlier sweep in --output_dir")
-    if subparsers is not None:
-        parser.set_defaults(func=sweep_command)
-    return parser
-
-
-def sweep_command(args: argparse.Namespace) -> int:
-    run_sweep(sweep_spec(args))
-    return 0
-
-
-def main(argv=None) -> int:
-    return sweep_command(sweep_command_parser().parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

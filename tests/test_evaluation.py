@@ -183,3 +183,11 @@ def test_systems_are_interleaved_per_batch_with_one_warm_up_each_and_resume(toke
     assert [r["id"] for r in rundir.read_records(run_dir.prediction_path("b"))] == ["0", "1", "2", "3", "4"]
     calls.clear()
     assert runner.run_systems(runs, examples, ctx) == [0, 0, 0] and calls == []  # nothing left: no warm-up either
+
+
+def test_help_shows_defaults_and_the_seed():
+    text = cli.build_parser(TRANSLATION).format_help()
+    assert "--seed SEED" in text and "random seed" in text and "(default: 42)" in text
+    assert "(default: 0.6)" in text and "(default: 128)" in text  # --bild_fallback, --max_new_tokens
+    assert "(default: 0.5)" in cli.sweep_parser().format_help()  # --max_quality_drop
+    assert "(default: 5e-05)" in cli.align_parser().format_help()  # --learning_rate

@@ -37,7 +37,7 @@ def test_threshold_list_parses_inf_keeps_zero_and_drops_repeats():
         frontier.threshold_list("0.5,,0.7")
     with pytest.raises(argparse.ArgumentTypeError, match="nan"):
         frontier.threshold_list("nan")
-    args = sweep.sweep_command_parser().parse_args(["--small", "s", "--large", "l", "--fallback", "0", "--rollback",
+    args = cli.sweep_parser().parse_args(["--small", "s", "--large", "l", "--fallback", "0", "--rollback",
                                                     "0,inf"])
     assert args.fallback == [0.0] and args.rollback == [0.0, math.inf]
 
@@ -74,7 +74,7 @@ def test_recommend_is_the_fastest_within_the_budget_and_faster_than_large():
 def test_recommended_command_runs_the_example_script_with_the_same_settings():
     argv = ["--task", "summarization", "--small", "s m", "--large", "l", "--validation_file", "v.jsonl",
             "--source_prefix", "summarize: ", "--max_new_tokens", "12", "--batch_size", "4", "--dtype", "bfloat16"]
-    spec = sweep.sweep_spec(sweep.sweep_command_parser().parse_args(argv))
+    spec = cli.sweep_spec(cli.sweep_parser().parse_args(argv))
     command = sweep.usage_command(spec, sweep.BiLDConfig(0.7, math.inf, 6))
     words = shlex.split(command)
     assert words[:2] == ["python", "examples/run_bild_summarization.py"]
@@ -276,7 +276,7 @@ def test_summarization_on_a_seq2seq_pair_scores_rouge_l(folder, tmp_path):
     assert result["metric"] == "rougeL"
     large_row, _, lossless = result["rows"]
     assert lossless["point"] == "0.5_0" and lossless["rougeL"] == pytest.approx(large_row["rougeL"])
-    command = sweep.usage_command(sweep.sweep_spec(sweep.sweep_command_parser().parse_args(argv[1:])),
+    command = sweep.usage_command(cli.sweep_spec(cli.sweep_parser().parse_args(argv[1:])),
                                   sweep.BiLDConfig(0.5, 0.0, 10))
     assert "--source_prefix 'summarize: '" in command and "--task" not in command
     assert result["command"] in (None, command)  # the only point, if it is recommended

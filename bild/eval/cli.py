@@ -1,30 +1,34 @@
-"""Command-line options -> typed specs. The only module of bild.eval that sees an `argparse.Namespace`.
+"""Command-line options -> typed specs: the only module that turns an `argparse.Namespace` into settings.
 
-The example scripts call `main(task, argv)`; `bild sweep` and `bild align` build their parsers from
-the same groups (with `--task`, so with the columns of both tasks) and turn them into specs here.
+The example scripts call `main(task, argv)`; `bild sweep` and `bild align` have their parsers here too,
+built from the same groups (with `--task`, so with the columns of both tasks), and hand `run_sweep` /
+`run_align` a spec. Every --help shows the defaults.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from typing import Sequence
 
+from .. import align, sweep
 from ..config import BiLDConfig
-from .data import DataSpec
+from ..distill import TrainSpec
+from ..frontier import QUALITY_KEYS, threshold_list
+from .data import SPLITS, DataSpec
 from .evaluate import EvalSpec, GenerationSpec, evaluate
 from .prompts import PromptSpec
 from .systems import BASELINES, ModelSpec
 from .tasks import TASKS, Task
 
-SPLITS = ("train", "validation", "test")
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """--help shows each option's default (where it has one)."""
 
 
-def parser(description: str, prog: str | None = None, subparsers=None, name: str | None = None,
+def new_parser(description: str, prog: str | None = None, subparsers=None, name: str | None = None,
            help: str | None = None) -> argparse.ArgumentParser:
     """A parser (or a subcommand's, under `subparsers`) whose --help shows the defaults."""
     if subparsers is not None:
@@ -99,7 +103,7 @@ def add_output_arguments(p: argparse.ArgumentParser, output_help: str, overwrite
 
 def build_parser(task: Task) -> argparse.ArgumentParser:
     """The options both example scripts share, plus the task's own columns."""
-    p = parser(task.description)
+    p = new_parser(task.description)
     m = p.add_argument_group("models")
     m.add_argument("--model", default="bild",
                    help="'bild' for Big Little Decoder with --small/--large, or a model path or hub name to run "
@@ -189,3 +193,115 @@ def main(task: Task, argv: Sequence[str] | None = None, default_data: str | None
     """Run the command line; return the metrics (on the main process; None on the others)."""
     args = build_parser(task).parse_args(argv)
     return evaluate(eval_spec(task, args), list(sys.argv[1:] if argv is None else argv), default_data)
+
+
+# ---------------------------------------------------------------------------------------------
+# `bild sweep` and `bild align`
+
+
+def sweep_parser(subparsers=None) -> argparse.ArgumentParser:
+    description = ("Run BiLD at every point of a fallback x rollback grid on the same examples, against the large "
+                   "and small models alone; write a table and a speed-up/quality plot with the Pareto frontier, and "
+                   "recommend the fastest setting within a quality budget. Resumable.")
+    parser = new_parser(description, "bild sweep", subparsers, "sweep", "tune BiLD's thresholds on a grid")
+    add_task_argument(parser)
+    add_model_arguments(parser)
+    grid = parser.add_argument_group("grid and recommendation")
+    grid.add_argument("--fallback", type=threshold_list, default=threshold_list("0.3,0.5,0.7,0.9"),
+                      help="comma-separated fallback thresholds (inf = always fall back)")
+    grid.add_argument("--rollback", type=threshold_list, default=threshold_list("1,2,3,5,inf"),
+                      help="comma-separated rollback thresholds in nats (0 = lossless, inf = never roll back)")
+    grid.add_argument("--max_small_steps", type=int, default=BiLDConfig.max_small_steps,
+                      help="at most this many small-model drafts per round, at every point")
+    grid.add_argument("--metric", choices=QUALITY_KEYS, default=None,
+                      help="quality on the plot and for the recommendation (None: bleu for translation, "
+                           "rougeL for summarization)")
+    grid.add_argument("--max_quality_drop", type=float, default=0.5,
+                      help="recommend the fastest point at most this many metric points below the large model")
+    add_data_arguments(parser, None, split_help="split to sweep over (None: validation, else test, else train)")
+    add_prompt_arguments(parser, None, batch_help="generation batch size of every system")
+    add_output_arguments(parser, "where everything goes; rerun with the same folder to resume "
+                                 "(None: runs/sweep-<task>-<fingerprint of the settings>)",
+                         "discard an earlier sweep in --output_dir")
+    if subparsers is not None:
+        parser.set_defaults(func=sweep_command)
+    return parser
+
+
+def sweep_command(args: argparse.Namespace) -> int:
+    sweep.run_sweep(sweep_spec(args))
+    return 0
+
+
+def sweep_spec(args: argparse.Namespace) -> sweep.SweepSpec:
+    """`bild sweep`'s options as a SweepSpec (split: validation, else test, else train; metric: the task's)."""
+    task = task_of(args)
+    metric = args.metric or sweep.DEFAULT_METRIC[task.name]
+    if metric not in task.quality_keys:
+        raise SystemExit(f"--metric for {task.name} is one of {', '.join(task.quality_keys)}; got {metric}.")
+    split = chosen_split(args, ("validation", "test", "train"))
+    return sweep.SweepSpec(task, args.small, args.large, tuple(args.fallback), tuple(args.rollback),
+                           args.max_small_steps, metric, args.max_quality_drop, data_spec(task, args, split),
+                           prompt_spec(args), generation_spec(task, args), model_spec(args), args.output_dir,
+                           args.overwrite_output_dir, options(args))
+
+
+def align_parser(subparsers=None) -> argparse.ArgumentParser:
+    description = ("Fine-tune the small model on the large model's greedy outputs (sequence-level distillation), so "
+                   "that BiLD accepts more of its drafts; report teacher-forced agreement before and after.")
+    parser = new_parser(description, "bild align", subparsers, "align",
+                        "fine-tune the small model to agree with the large")
+    add_task_argument(parser)
+    models = add_model_arguments(parser, device_map=False, device_help="auto (accelerate's choice, one device per "
+                                 "process) or cpu; pick GPUs with CUDA_VISIBLE_DEVICES or accelerate launch")
+    # Each process holds whole models on its own device: accelerate's data parallelism.
+    parser.set_defaults(device_map=None)
+    models.add_argument("--teacher", choices=("large", "bild"), default="large",
+                        help="produce the large model's greedy outputs with it alone, or with lossless BiLD "
+                             "(rollback 0: identical outputs, usually faster)")
+    data = add_data_arguments(parser, None, split_help="split of the training inputs (None: train, else "
+                                                           "validation, else test)")
+    data.add_argument("--eval_samples", type=int, default=None,
+                        help="hold out the last N inputs to measure agreement (default: 10%%, at most 200)")
+    add_prompt_arguments(parser, None, batch_help="batch size for generating the large model's outputs")
+    train = parser.add_argument_group("training")
+    train.add_argument("--learning_rate", type=float, default=5e-5)
+    train.add_argument("--num_train_epochs", type=int, default=3)
+    train.add_argument("--per_device_train_batch_size", type=int, default=8)
+    train.add_argument("--per_device_eval_batch_size", type=int, default=8, help="batch size of the agreement")
+    train.add_argument("--gradient_accumulation_steps", type=int, default=1)
+    train.add_argument("--weight_decay", type=float, default=0.0)
+    train.add_argument("--warmup_steps", type=int, default=0)
+    train.add_argument("--lr_scheduler_type", default="linear", choices=("linear", "cosine", "constant",
+                                                                          "constant_with_warmup"))
+    train.add_argument("--save_steps", type=int, default=0,
+                       help="also checkpoint the training every N updates (it is checkpointed after every epoch); "
+                            "a rerun with the same settings resumes from the checkpoint")
+    train.add_argument("--max_grad_norm", type=float, default=1.0, help="clip gradients to this norm (0: no clipping)")
+    lora = parser.add_argument_group("LoRA (needs peft)")
+    lora.add_argument("--lora_r", type=int, default=0, help="LoRA rank; 0 (default) fine-tunes every weight")
+    lora.add_argument("--lora_alpha", type=int, default=None, help="default: 2 x rank")
+    lora.add_argument("--lora_dropout", type=float, default=0.05)
+    lora.add_argument("--lora_target_modules", default="all-linear",
+                      help="comma-separated module names, or all-linear (default)")
+    add_output_arguments(parser, "the aligned small model (from_pretrained folder), its report, and align/ with "
+                                 "the large model's outputs; rerun with the same folder to reuse them",
+                         "discard the large model's outputs in it", required=True)
+    if subparsers is not None:
+        parser.set_defaults(func=align_command)
+    return parser
+
+
+def align_command(args: argparse.Namespace) -> int:
+    align.run_align(align_spec(args))
+    return 0
+
+
+def align_spec(args: argparse.Namespace) -> align.AlignSpec:
+    """`bild align`'s options as an AlignSpec (split: train, else validation, else test)."""
+    task = task_of(args)
+    split = chosen_split(args, ("train", "validation", "test"))
+    train = TrainSpec(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainSpec)})
+    return align.AlignSpec(task, args.small, args.large, args.teacher, data_spec(task, args, split),
+                           prompt_spec(args), generation_spec(task, args), train, args.output_dir, model_spec(args),
+                           args.eval_samples, args.overwrite_output_dir, options(args))

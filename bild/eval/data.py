@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 
 from .tasks import Task
 
+SPLITS = ("train", "validation", "test")  # the local files' splits, one --<split>_file option each
+
 
 @dataclass(frozen=True)
 class Example:
