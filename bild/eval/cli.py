@@ -265,25 +265,26 @@ def align_parser(subparsers=None) -> argparse.ArgumentParser:
                         help="hold out the last N inputs to measure agreement (default: 10%%, at most 200)")
     add_prompt_arguments(parser, None, batch_help="batch size for generating the large model's outputs")
     train = parser.add_argument_group("training")
-    train.add_argument("--learning_rate", type=float, default=5e-5)
-    train.add_argument("--num_train_epochs", type=int, default=3)
-    train.add_argument("--per_device_train_batch_size", type=int, default=8)
+    train.add_argument("--learning_rate", type=float, default=5e-5, help="AdamW's peak learning rate")
+    train.add_argument("--num_train_epochs", type=int, default=3, help="passes over the training inputs")
+    train.add_argument("--per_device_train_batch_size", type=int, default=8, help="examples per step and process")
     train.add_argument("--per_device_eval_batch_size", type=int, default=8, help="batch size of the agreement")
-    train.add_argument("--gradient_accumulation_steps", type=int, default=1)
-    train.add_argument("--weight_decay", type=float, default=0.0)
-    train.add_argument("--warmup_steps", type=int, default=0)
+    train.add_argument("--gradient_accumulation_steps", type=int, default=1, help="steps per update")
+    train.add_argument("--weight_decay", type=float, default=0.0, help="AdamW's weight decay")
+    train.add_argument("--warmup_steps", type=int, default=0, help="updates of linear warm-up")
     train.add_argument("--lr_scheduler_type", default="linear", choices=("linear", "cosine", "constant",
-                                                                          "constant_with_warmup"))
+                                                                          "constant_with_warmup"),
+                       help="learning-rate schedule")
     train.add_argument("--save_steps", type=int, default=0,
                        help="also checkpoint the training every N updates (it is checkpointed after every epoch); "
                             "a rerun with the same settings resumes from the checkpoint")
     train.add_argument("--max_grad_norm", type=float, default=1.0, help="clip gradients to this norm (0: no clipping)")
     lora = parser.add_argument_group("LoRA (needs peft)")
-    lora.add_argument("--lora_r", type=int, default=0, help="LoRA rank; 0 (default) fine-tunes every weight")
-    lora.add_argument("--lora_alpha", type=int, default=None, help="default: 2 x rank")
-    lora.add_argument("--lora_dropout", type=float, default=0.05)
+    lora.add_argument("--lora_r", type=int, default=0, help="LoRA rank; 0 fine-tunes every weight")
+    lora.add_argument("--lora_alpha", type=int, default=None, help="None: 2 x rank")
+    lora.add_argument("--lora_dropout", type=float, default=0.05, help="dropout on the LoRA layers")
     lora.add_argument("--lora_target_modules", default="all-linear",
-                      help="comma-separated module names, or all-linear (default)")
+                      help="comma-separated module names, or all-linear")
     add_output_arguments(parser, "the aligned small model (from_pretrained folder), its report, and align/ with "
                                  "the large model's outputs; rerun with the same folder to reuse them",
                          "discard the large model's outputs in it", required=True)
