@@ -8,5 +8,6 @@
     runner.py   RunContext, run_systems (interleaved per batch), warm-up, timing
     report.py   per-system metrics, comparisons, tables
     evaluate.py the example scripts' job (EvalSpec -> metrics.json)
-    cli.py      argparse groups -> typed specs: the only module that sees an argparse.Namespace
+    cli.py      every command line (example scripts, bild sweep, bild align) -> typed specs: the only
+                module that reads an argparse.Namespace
 """
