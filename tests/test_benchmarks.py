@@ -105,7 +105,7 @@ def test_compare_sweeps_dominance_table_and_plot(tmp_path):
 
 
 def test_metrics_table_renders_a_committed_run():
-    from bild.evaluation import STATS_COUNTERS
+    from bild.eval.report import STATS_COUNTERS
 
     metrics = json.loads((ROOT / "benchmarks/results/runs/translation-qwen-de-en-test100/metrics.json").read_text())
     text = _load("metrics_table").tables(metrics)

@@ -190,7 +190,7 @@ def test_resume_after_interrupt_gives_identical_predictions(compared, decoder_pa
         assert result["systems"][system]["quality"] == compared[1]["systems"][system]["quality"]
 
 
-def test_rerun_of_a_finished_run_generates_nothing(compared, decoder_pair, de_en, monkeypatch):
+def test_rerun_of_a_finished_run_generates_nothing(compared, decoder_pair, de_en, monkeypatch, capsys):
     out, result = compared
 
     def fail(*args, **kwargs):
@@ -198,8 +198,13 @@ def test_rerun_of_a_finished_run_generates_nothing(compared, decoder_pair, de_en
 
     monkeypatch.setattr(runner, "generate_batch", fail)
     monkeypatch.setattr(runner, "warm_up", fail)
+    capsys.readouterr()
     again = translation.main(translation_args(decoder_pair, de_en, out, "--compare", "large,small,assisted"))
     assert again["systems"] == result["systems"]
+    # The rerun says what it reused, from where, and how to recompute.
+    said = " ".join(capsys.readouterr().out.split())
+    assert f"Reusing finished examples from {out}" in said and "--overwrite_output_dir" in said
+    assert "bild 5/5" in said and "assisted 5/5" in said
 
 
 def test_resuming_with_other_settings_is_refused(decoder_pair, de_en, tmp_path):
