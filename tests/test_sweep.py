@@ -239,8 +239,8 @@ def test_resume_generates_only_new_or_unfinished_points(decoder_pair, de_en, tmp
     monkeypatch.setattr(runner, "generate_batch", interrupted)
     with pytest.raises(KeyboardInterrupt):
         cli_main([*argv[:-4], "--fallback", "0.5", "--rollback", "2,inf"])
-    point = read_records(out / "points" / "0.5_inf" / "predictions_bild.jsonl")
-    assert [r["id"] for r in point] == ["sample-0", "sample-1"]
+    started = read_records(out / "points" / "0.5_inf" / "predictions_bild.jsonl")
+    assert [r["id"] for r in started] == ["sample-0", "sample-1"]
 
     calls.clear()
     monkeypatch.setattr(runner, "generate_batch", counting)
