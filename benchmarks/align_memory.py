@@ -1,7 +1,7 @@
 """Peak memory and time of `bild align`'s training step: the model's own loss (logits at every position) vs
-the output positions only (`align.output_loss`), on real (prompt, large output) pairs.
+the output positions only (`distill.output_loss`), on real (prompt, large output) pairs.
 
-    python benchmarks/align_memory.py --small S --teacher_dir ALIGNED/align --train_file ../shared/data/debian-de-en.train.jsonl
+    python benchmarks/align_memory.py --small S --teacher_dir ALIGNED/align --train_file DATA/debian-de-en.train.jsonl
 
 Each variant runs in its own process (peak resident memory only ever rises within one), doing
 `--steps` forward/backward passes with LoRA under bfloat16 autocast, as `ACCELERATE_MIXED_PRECISION=bf16
@@ -17,10 +17,8 @@ import resource
 import subprocess
 import sys
 import time
-from argparse import Namespace
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = ("all positions (model's loss)", "output positions only")
 
 
@@ -34,19 +32,21 @@ def one_variant(args: argparse.Namespace) -> dict:
     from peft import LoraConfig, TaskType, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    sys.path.insert(0, str(ROOT))
-    from bild import align, evaluation
+    from bild import distill
+    from bild.eval.data import DataSpec, load_examples
+    from bild.eval.prompts import PromptBuilder
+    from bild.eval.rundir import read_records
+    from bild.eval.systems import load_tokenizer
+    from bild.eval.tasks import TRANSLATION
 
     torch.manual_seed(0)
-    records = evaluation.read_records(Path(args.teacher_dir) / "predictions_large.jsonl")
+    records = read_records(Path(args.teacher_dir) / "predictions_large.jsonl")
     outputs = {r["id"]: r["output_ids"] for r in records}
-    task = evaluation.TRANSLATION
-    loaded = evaluation.load_examples(task, Namespace(
-        dataset_name=None, dataset_config=None, train_file=args.train_file, validation_file=None, test_file=None,
-        split="train", max_samples=args.batch_size * args.steps, source_lang="de", target_lang="en"))
-    instruction = evaluation.default_instruction(task, Namespace(source_lang="de", target_lang="en"))
-    prompts = evaluation.PromptBuilder(evaluation.load_tokenizer(args.small, False), "chat", instruction, 1024)
-    features = align.build_features(loaded, outputs, prompts, encoder_decoder=False)
+    columns = ("de", "en")
+    loaded = load_examples(TRANSLATION, DataSpec(files={"train": args.train_file}, split="train",
+                                                 max_samples=args.batch_size * args.steps, columns=columns))
+    prompts = PromptBuilder(load_tokenizer(args.small, False), "chat", TRANSLATION.instruction(columns), 1024)
+    features = distill.build_features(loaded, outputs, prompts, encoder_decoder=False)
     model = AutoModelForCausalLM.from_pretrained(args.small, dtype=torch.float32)
     model = get_peft_model(model, LoraConfig(task_type=TaskType.CAUSAL_LM, r=16, lora_alpha=32,
                                              target_modules="all-linear"))
@@ -54,19 +54,19 @@ def one_variant(args: argparse.Namespace) -> dict:
     rss_loaded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     started, resident = time.perf_counter(), []
     for step in range(args.steps):
-        batch = align.collate(features[step * args.batch_size: (step + 1) * args.batch_size],
+        batch = distill.collate(features[step * args.batch_size: (step + 1) * args.batch_size],
                               prompts.tokenizer.pad_token_id)
         with torch.autocast("cpu", dtype=torch.bfloat16):
             if args.variant == 0:
                 loss = model(**batch).loss
             else:
-                loss = align.output_loss(model, batch, encoder_decoder=False, slice_head=True)
+                loss = distill.output_loss(model, batch, encoder_decoder=False, slice_head=True)
         loss.backward()
         model.zero_grad(set_to_none=True)
         resident.append(current_rss_gb())
     seconds = time.perf_counter() - started
     return {"variant": VARIANTS[args.variant], "batch_size": args.batch_size, "steps": args.steps,
-            "tokens_per_batch": [int(align.collate(features[i: i + args.batch_size], 0)["input_ids"].numel())
+            "tokens_per_batch": [int(distill.collate(features[i: i + args.batch_size], 0)["input_ids"].numel())
                                  for i in range(0, len(features), args.batch_size)],
             "peak_rss_gb_after_loading": rss_loaded,
             "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,

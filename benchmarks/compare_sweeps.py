@@ -1,7 +1,7 @@
 """Two `bild sweep` runs on the same inputs, side by side: does one frontier dominate the other?
 
     python benchmarks/compare_sweeps.py unaligned=runs/sweep-a/sweep.json aligned=runs/sweep-b/sweep.json \\
-        --output_dir benchmarks/sweep-compare
+        --output_dir benchmarks/results/sweep-compare
 
 For comparing small models (say the original and the `bild align`-ed one) with the same large model.
 Each run's speed-ups are against the large model timed in that run, so the two are comparable even
@@ -18,11 +18,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bild.sweep import pareto_frontier, save_png  # noqa: E402
+from bild.frontier import pareto_frontier
+from bild.sweep_plot import save_png
 
 COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:purple")
 

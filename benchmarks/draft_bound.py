@@ -36,9 +36,12 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bild import evaluation  # noqa: E402
-from bild.env import environment  # noqa: E402
+from bild.env import environment
+from bild.eval.data import DataSpec, load_examples
+from bild.eval.prompts import PromptSpec, prompt_builder
+from bild.eval.rundir import RunDir
+from bild.eval.systems import eos_token_ids, load_model, load_tokenizer
+from bild.eval.tasks import TASKS
 
 
 # ---------------------------------------------------------------------------------------------
@@ -148,14 +151,16 @@ def default_policies() -> list[tuple]:
 
 def load_run(run_dir: Path):
     config = json.loads((run_dir / "config.json").read_text())
-    args = argparse.Namespace(**config["args"])
-    task = {t.name: t for t in (evaluation.TRANSLATION, evaluation.SUMMARIZATION)}[config["settings"]["task"]]
-    examples = evaluation.load_examples(task, args)
-    records = evaluation.ordered_records(run_dir, "large", examples)
+    settings, data = config["settings"], config["settings"]["data"]
+    task = TASKS[settings["task"]]
+    spec = DataSpec(data["dataset_name"], data["dataset_config"], data["files"], data["split"],
+                    config["args"]["max_samples"], tuple(data["columns"]))
+    examples = load_examples(task, spec)
+    records = RunDir(run_dir).ordered("large", examples)
     if len(records) != len(examples):
         raise SystemExit(f"{run_dir} has {len(records)} large-model predictions for {len(examples)} examples; "
                          "run the example script with --compare large to the end first.")
-    return config, args, task, examples, records
+    return config, spec, task, examples, records
 
 
 @torch.no_grad()
@@ -197,16 +202,18 @@ def main(argv=None):
     p.add_argument("--output", default="benchmarks/results/draft_bound.json")
     args = p.parse_args(argv)
     run_dir = Path(args.run_dir)
-    config, run_args, task, examples, records = load_run(run_dir)
+    config, data, task, examples, records = load_run(run_dir)
     costs = json.loads(Path(args.costs).read_text())["costs_ms"]
     paths = dict(config["settings"]["models"], **({"small": args.small} if args.small else {}))
-    dtype = run_args.dtype
-    small = evaluation.load_model(paths["small"], dtype, torch.device("cpu"), None)
-    large = evaluation.load_model(paths["large"], dtype, torch.device("cpu"), None)
-    tokenizer = evaluation.load_tokenizer(paths["large"], False)
-    prompts = evaluation.prompt_builder(task, run_args, tokenizer, False)
+    dtype = config["settings"]["dtype"]
+    small = load_model(paths["small"], dtype, torch.device("cpu"), None)
+    large = load_model(paths["large"], dtype, torch.device("cpu"), None)
+    tokenizer = load_tokenizer(paths["large"], False)
+    prompt = config["settings"]["prompt"]
+    prompts = prompt_builder(task, PromptSpec(prompt["template"], prompt["source_prefix"], prompt["max_source_length"]),
+                             data.columns, tokenizer, False)
     sequences, left_out = agreement_vectors(small, large, prompts, examples, records,
-                                            evaluation.eos_token_ids(large, tokenizer))
+                                            eos_token_ids(large, tokenizer))
     tokens = sum(len(m) for m, _ in sequences)
     agree = sum(sum(m) for m, _ in sequences) / tokens
     predicted = summarize(sequences, costs, default_policies())

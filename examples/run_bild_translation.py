@@ -12,19 +12,20 @@ German sample in examples/data, with the large model as the baseline in the same
     accelerate launch examples/run_bild_translation.py ...           # examples split across processes
 
 Rerunning with the same --output_dir continues where an interrupted run stopped.
-Run with --help for every option; the logic lives in bild/evaluation.py.
+Run with --help for every option; the logic lives in bild/eval/ (cli.py, then evaluate.py).
 """
 
 from pathlib import Path
 
-from bild import evaluation
+from bild.eval import cli
+from bild.eval.tasks import TRANSLATION
 
 SAMPLE = Path(__file__).resolve().parent / "data" / "de-en-sample.jsonl"
 
 
 def main(argv=None):
     """Parse `argv` (default: the command line), run, and return the metrics (None off the main process)."""
-    return evaluation.main(evaluation.TRANSLATION, argv, default_data=str(SAMPLE))
+    return cli.main(TRANSLATION, argv, default_data=str(SAMPLE))
 
 
 if __name__ == "__main__":

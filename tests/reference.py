@@ -1,6 +1,6 @@
 """A slow, independent BiLD reference: batch 1, no KV cache, every forward recomputes everything.
 
-Written from ../shared/bild-spec.md without the library's code, so that the cached, batched
+Written from docs/decoding.md without the library's code, so that the cached, batched
 implementation can be checked against it token for token.
 """
 

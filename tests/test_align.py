@@ -7,15 +7,21 @@ import os
 import shutil
 import subprocess
 import sys
-from argparse import Namespace
 from pathlib import Path
 
+import peft  # noqa: F401  (a test dependency: a broken install must fail, not skip)
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
 from _example_fixtures import TRANSLATION_SAMPLE, write_lines
-from bild import align, evaluation
+from bild import distill
+from bild.eval import runner
+from bild.eval.data import Example
+from bild.eval.prompts import PromptBuilder
+from bild.eval.rundir import read_records
+from bild.eval.systems import generated_length, load_tokenizer, new_tokens
+from bild.eval.tasks import TRANSLATION
 from bild.cli import main as cli_main
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -30,14 +36,14 @@ OVERFIT = ("--learning_rate", "1e-2", "--num_train_epochs", "8", "--per_device_t
 
 
 def test_features_put_the_loss_on_the_output_only():
-    assert align.example_features([5, 6, 7], [8, 2], encoder_decoder=True) == {"input_ids": [5, 6, 7],
+    assert distill.example_features([5, 6, 7], [8, 2], encoder_decoder=True) == {"input_ids": [5, 6, 7],
                                                                                 "labels": [8, 2]}
-    assert align.example_features([5, 6, 7], [8, 2], encoder_decoder=False) == {
+    assert distill.example_features([5, 6, 7], [8, 2], encoder_decoder=False) == {
         "input_ids": [5, 6, 7, 8, 2], "labels": [-100, -100, -100, 8, 2]}
 
 
 def test_collate_pads_inputs_and_ignores_padded_labels():
-    batch = align.collate([{"input_ids": [5, 6, 7], "labels": [8]}, {"input_ids": [5], "labels": [8, 9, 2]}],
+    batch = distill.collate([{"input_ids": [5, 6, 7], "labels": [8]}, {"input_ids": [5], "labels": [8, 9, 2]}],
                           pad_token_id=0)
     assert batch["input_ids"].tolist() == [[5, 6, 7], [5, 0, 0]]
     assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
@@ -45,11 +51,11 @@ def test_collate_pads_inputs_and_ignores_padded_labels():
 
 
 def test_held_out_split_keeps_something_to_train_on():
-    examples = [evaluation.Example(str(i), "s", "r") for i in range(30)]
-    train, held_out = align.held_out_split(examples, None)
+    examples = [Example(str(i), "s", "r") for i in range(30)]
+    train, held_out = distill.held_out_split(examples, None)
     assert [e.id for e in held_out] == ["27", "28", "29"] and len(train) == 27  # 10% by default
     with pytest.raises(SystemExit, match="eval_samples"):
-        align.held_out_split(examples, 30)
+        distill.held_out_split(examples, 30)
 
 
 @pytest.mark.parametrize("kind", ["decoder", "seq2seq"])
@@ -59,17 +65,17 @@ def test_a_model_agrees_fully_with_its_own_greedy_output(kind, decoder_pair, seq
     encoder_decoder = kind == "seq2seq"
     auto = AutoModelForSeq2SeqLM if encoder_decoder else AutoModelForCausalLM
     model = auto.from_pretrained(small).eval()
-    tokenizer = evaluation.load_tokenizer(small, encoder_decoder)
-    prompts = evaluation.PromptBuilder(tokenizer, "plain")
+    tokenizer = load_tokenizer(small, encoder_decoder)
+    prompts = PromptBuilder(tokenizer, "plain")
     sources = ["Das ist ein kleines Paket .", "Dieses Werkzeug liest Dateien ."]
     features = []
     for source in sources:
         inputs = prompts.batch([source])
         out = model.generate(**inputs, max_new_tokens=6, do_sample=False)
-        tokens = evaluation.new_tokens(out, inputs, encoder_decoder)[0]
-        ids = tokens[: evaluation.generated_length(tokens, {2})].tolist()
-        features.append(align.example_features(inputs["input_ids"][0].tolist(), ids, encoder_decoder))
-    result = align.agreement(model, features, tokenizer.pad_token_id, batch_size=2)
+        tokens = new_tokens(out, inputs, encoder_decoder)[0]
+        ids = tokens[: generated_length(tokens, {2})].tolist()
+        features.append(distill.example_features(inputs["input_ids"][0].tolist(), ids, encoder_decoder))
+    result = distill.agreement(model, features, tokenizer.pad_token_id, batch_size=2)
     assert result["token_agreement"] == 1.0 and result["sequence_agreement"] == 1.0
     assert result["positions"] == sum(len([t for t in f["labels"] if t != -100]) for f in features)
 
@@ -81,16 +87,16 @@ def test_output_loss_is_the_models_own_loss(kind, decoder_pair, seq2seq_pair):
     encoder_decoder = kind == "seq2seq"
     model = (AutoModelForSeq2SeqLM if encoder_decoder else AutoModelForCausalLM).from_pretrained(small).eval()
     # Prompts of different lengths, so the rows' outputs start at different positions.
-    features = [align.example_features([5, 6, 7, 8, 9], [10, 11, 2], encoder_decoder),
-                align.example_features([5, 6], [12, 13, 14, 15, 2], encoder_decoder)]
-    batch = align.collate(features, pad_token_id=0)
+    features = [distill.example_features([5, 6, 7, 8, 9], [10, 11, 2], encoder_decoder),
+                distill.example_features([5, 6], [12, 13, 14, 15, 2], encoder_decoder)]
+    batch = distill.collate(features, pad_token_id=0)
     expected = model(**batch).loss
-    assert align.slices_head(model) != encoder_decoder  # the tiny decoder-only models take logits_to_keep
-    loss = align.output_loss(model, batch, encoder_decoder, slice_head=not encoder_decoder)
+    assert distill.slices_head(model) != encoder_decoder  # the tiny decoder-only models take logits_to_keep
+    loss = distill.output_loss(model, batch, encoder_decoder, slice_head=not encoder_decoder)
     torch.testing.assert_close(loss, expected)
     if not encoder_decoder:
-        full, targets = align.output_logits(model, batch, False, slice_head=False)
-        sliced, kept = align.output_logits(model, batch, False, slice_head=True)
+        full, targets = distill.output_logits(model, batch, False, slice_head=False)
+        sliced, kept = distill.output_logits(model, batch, False, slice_head=True)
         first = 2 - 1  # the second row's first output token is at position 2, predicted from position 1
         assert sliced.shape[1] == full.shape[1] - first and torch.equal(kept, targets[:, first:])
         assert (targets[:, :first] == -100).all()
@@ -106,9 +112,9 @@ def train_file(folder) -> Path:
     return write_lines(folder / "de-en.train.jsonl", TRANSLATION_SAMPLE, 6)
 
 
-def read_examples(path: Path) -> list[evaluation.Example]:
+def read_examples(path: Path) -> list[Example]:
     rows = [json.loads(line) for line in path.read_text().splitlines()]
-    return [evaluation.Example(r["id"], r["translation"]["de"], r["translation"]["en"]) for r in rows]
+    return [Example(r["id"], r["translation"]["de"], r["translation"]["en"]) for r in rows]
 
 
 def align_argv(pair, data: Path, output_dir: Path, *extra: str) -> list[str]:
@@ -141,13 +147,13 @@ def test_align_decoder_only_raises_agreement_and_reloads(aligned, decoder_pair, 
     model = AutoModelForCausalLM.from_pretrained(out)
     tokenizer = AutoTokenizer.from_pretrained(out)
     assert len(tokenizer) == model.config.vocab_size
-    teacher = {r["id"]: r["output_ids"] for r in evaluation.read_records(out / "align" / "predictions_large.jsonl")}
+    teacher = {r["id"]: r["output_ids"] for r in read_records(out / "align" / "predictions_large.jsonl")}
     assert list(teacher) == [e.id for e in read_examples(train_file)] and all(teacher.values())
     # The saved weights are the trained ones: on the training slice they give the reported agreement.
-    instruction = evaluation.default_instruction(evaluation.TRANSLATION, Namespace(source_lang="de", target_lang="en"))
-    prompts = evaluation.PromptBuilder(evaluation.load_tokenizer(str(out), False), "chat", instruction, 1024)
-    features = align.build_features(read_examples(train_file)[:2], teacher, prompts, encoder_decoder=False)
-    reloaded = align.agreement(model, features, tokenizer.pad_token_id, batch_size=2)
+    instruction = TRANSLATION.instruction(("de", "en"))
+    prompts = PromptBuilder(load_tokenizer(str(out), False), "chat", instruction, 1024)
+    features = distill.build_features(read_examples(train_file)[:2], teacher, prompts, encoder_decoder=False)
+    reloaded = distill.agreement(model, features, tokenizer.pad_token_id, batch_size=2)
     assert reloaded == report["agreement"]["train"]["after"]
 
 
@@ -157,7 +163,7 @@ def test_align_rerun_reuses_the_large_outputs(aligned, decoder_pair, train_file,
     def fail(*args, **kwargs):
         raise AssertionError("a finished large output was generated again")
 
-    monkeypatch.setattr(evaluation, "_inputs", fail)  # what every generated batch goes through
+    monkeypatch.setattr(runner, "model_inputs", fail)  # what every generated batch goes through
     cli_main(align_argv(decoder_pair, train_file, out, "--num_train_epochs", "1"))
     again = json.loads((out / "align_report.json").read_text())
     assert again["agreement"]["train"]["before"] == report["agreement"]["train"]["before"]
@@ -180,17 +186,16 @@ def test_align_encoder_decoder_with_lossless_bild_teacher(seq2seq_pair, train_fi
     assert AutoModelForSeq2SeqLM.from_pretrained(out).config.is_encoder_decoder
 
     large = AutoModelForSeq2SeqLM.from_pretrained(seq2seq_pair[1]).eval()
-    prompts = evaluation.PromptBuilder(evaluation.load_tokenizer(seq2seq_pair[1], True), "plain", prefix, 1024)
-    teacher = evaluation.read_records(out / "align" / "predictions_large.jsonl")
+    prompts = PromptBuilder(load_tokenizer(seq2seq_pair[1], True), "plain", prefix, 1024)
+    teacher = read_records(out / "align" / "predictions_large.jsonl")
     for example, record in zip(read_examples(train_file), teacher):
         inputs = prompts.batch([example.source])
         greedy = large.generate(**inputs, max_new_tokens=6, do_sample=False, num_beams=1)
-        tokens = evaluation.new_tokens(greedy, inputs, True)[0]
-        assert record["output_ids"] == tokens[: evaluation.generated_length(tokens, {2})].tolist()
+        tokens = new_tokens(greedy, inputs, True)[0]
+        assert record["output_ids"] == tokens[: generated_length(tokens, {2})].tolist()
 
 
 def test_lora_is_merged_into_an_ordinary_model(decoder_pair, train_file, tmp_path):
-    pytest.importorskip("peft")
     out = tmp_path / "lora"
     assert cli_main(align_argv(decoder_pair, train_file, out, "--lora_r", "8", "--learning_rate", "1e-2")) == 0
     report = json.loads((out / "align_report.json").read_text())
@@ -217,7 +222,7 @@ def test_accelerate_launch_with_two_processes(decoder_pair, train_file, tmp_path
     report = json.loads((out / "align_report.json").read_text())
     assert report["training"]["num_processes"] == 2
     assert_agreement_rose_on_training_inputs(report)
-    teacher = evaluation.read_records(out / "align" / "predictions_large.jsonl")
+    teacher = read_records(out / "align" / "predictions_large.jsonl")
     assert [r["id"] for r in teacher] == [e.id for e in read_examples(train_file)]  # merged, in data order
     assert not list((out / "align").glob("predictions_large.rank*.jsonl"))
     AutoModelForCausalLM.from_pretrained(out)
@@ -233,7 +238,7 @@ class Interrupted(Exception):
 
 def interrupt_after(monkeypatch, saves: int) -> None:
     """Make the run stop (as a killed process would) right after its `saves`-th checkpoint."""
-    original, count = align.save_checkpoint, {"n": 0}
+    original, count = distill.save_checkpoint, {"n": 0}
 
     def save_then_stop(*args, **kwargs):
         original(*args, **kwargs)
@@ -241,7 +246,7 @@ def interrupt_after(monkeypatch, saves: int) -> None:
         if count["n"] == saves:
             raise Interrupted
 
-    monkeypatch.setattr(align, "save_checkpoint", save_then_stop)
+    monkeypatch.setattr(distill, "save_checkpoint", save_then_stop)
 
 
 RESUMABLE = ("--num_train_epochs", "2", "--save_steps", "1", "--lora_r", "4", "--lora_dropout", "0.1")
@@ -249,7 +254,6 @@ RESUMABLE = ("--num_train_epochs", "2", "--save_steps", "1", "--lora_r", "4", "-
 
 @pytest.fixture(scope="module")
 def uninterrupted(decoder_pair, train_file, folder):
-    pytest.importorskip("peft")
     out = folder / "uninterrupted"
     assert cli_main(align_argv(decoder_pair, train_file, out, *RESUMABLE)) == 0
     return out
@@ -263,11 +267,11 @@ def test_interrupted_training_resumes_to_the_same_model(saves, uninterrupted, de
     interrupt_after(monkeypatch, saves)
     with pytest.raises(Interrupted):
         cli_main(align_argv(decoder_pair, train_file, out, *RESUMABLE))
-    assert (out / "align" / align.CHECKPOINT).exists() and not (out / "align_report.json").exists()
+    assert (out / "align" / distill.CHECKPOINT).exists() and not (out / "align_report.json").exists()
     monkeypatch.undo()
 
     assert cli_main(align_argv(decoder_pair, train_file, out, *RESUMABLE)) == 0
-    assert not (out / "align" / align.CHECKPOINT).exists()  # deleted once the model is saved
+    assert not (out / "align" / distill.CHECKPOINT).exists()  # deleted once the model is saved
     report = json.loads((out / "align_report.json").read_text())
     expected = json.loads((uninterrupted / "align_report.json").read_text())
     assert report["agreement"] == expected["agreement"]  # "before" came from the checkpoint
@@ -278,7 +282,6 @@ def test_interrupted_training_resumes_to_the_same_model(saves, uninterrupted, de
 
 
 def test_a_checkpoint_of_other_settings_is_refused(decoder_pair, train_file, tmp_path, monkeypatch):
-    pytest.importorskip("peft")
     out = tmp_path / "changed"
     interrupt_after(monkeypatch, 1)
     with pytest.raises(Interrupted):

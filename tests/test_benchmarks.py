@@ -59,6 +59,9 @@ def test_bench_decode_fast_path_variants_match_the_eager_path(tmp_path):
     results = report["results"]
     assert set(results) == {"large", "bild:0.6:2", "bild:0.6:2+static"}
     assert results["bild:0.6:2+static"]["identical_to_eager"]
+    # The ratio of the two measured times (a wrong base or an inverted ratio would differ).
+    assert results["bild:0.6:2+static"]["speedup_vs_eager"] == pytest.approx(
+        results["bild:0.6:2"]["seconds"] / results["bild:0.6:2+static"]["seconds"])
     with pytest.raises(SystemExit, match="bad BiLD system"):
         _load("bench_decode").parse_bild("bild:0.6")
 
@@ -72,7 +75,13 @@ def test_gpu_bench_logic_on_cpu(tmp_path):
     best, worst = results["bild_eager_best"]["stats"], results["bild_eager_worst"]["stats"]
     assert best["rollbacks"] == 0 and best["fallbacks"] == 0 and best["committed_tokens"] == 6
     assert worst["drafted_tokens"] == 0 and worst["large_forward_calls"] == 6
-    assert report["estimate"]["label"].startswith("ESTIMATE")
+    # The estimate combines the measured step costs with the given acceptance: (5 small steps + one
+    # all-fallback step) per 4 committed tokens, against the large model's measured cost per token.
+    small, worst = results["hf_small_dynamic"]["ms_per_token"], results["bild_eager_worst"]["ms_per_token"]
+    per_token = (5 * small + worst) / 4
+    assert report["estimate"]["ms_per_token"] == pytest.approx(per_token)
+    assert report["estimate"]["speedup_vs_large_dynamic"] == pytest.approx(
+        results["hf_large_dynamic"]["ms_per_token"] / per_token)
 
 
 def _sweep(small: str, points: dict[str, tuple[float, float]], frontier: list[str]) -> dict:
@@ -122,9 +131,9 @@ def test_compare_sweeps_dominance_table_and_plot(tmp_path):
 
 
 def test_metrics_table_renders_a_committed_run():
-    from bild.evaluation import STATS_COUNTERS
+    from bild.eval.report import STATS_COUNTERS
 
-    metrics = json.loads((ROOT / "benchmarks/runs/translation-qwen-de-en-test100/metrics.json").read_text())
+    metrics = json.loads((ROOT / "benchmarks/results/runs/translation-qwen-de-en-test100/metrics.json").read_text())
     text = _load("metrics_table").tables(metrics)
     for name, system in metrics["systems"].items():
         assert f"| {name} | {system['quality']['bleu']:.2f} |" in text

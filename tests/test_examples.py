@@ -15,7 +15,8 @@ import sacrebleu
 from rouge_score import rouge_scorer
 
 from _example_fixtures import SUMMARIZATION_SAMPLE, TRANSLATION_SAMPLE, write_lines
-from bild import BiLDGenerator, evaluation
+from bild import BiLDGenerator, fetch
+from bild.eval import runner, systems
 
 ROOT = Path(__file__).resolve().parent.parent
 N_TRANSLATION = 5  # odd, so that the last batch of 2 is a partial one
@@ -87,6 +88,7 @@ def test_translation_writes_predictions_metrics_and_config(compared, de_en, deco
     assert config["settings"]["thresholds"] == {"fallback_threshold": 0.6, "rollback_threshold": 2.0,
                                                 "max_small_steps": 10}
     assert config["systems"] == ["bild", "large", "small", "assisted"]
+    assert config["timing"]["order"] == "interleaved" and result["timing"] == config["timing"]
     assert "--compare" in config["argv"]
 
 
@@ -150,7 +152,7 @@ def test_threshold_zero_reaches_the_decoder_as_zero(flags, decoder_pair, de_en, 
             super().__init__(*args, **kwargs)
             seen.append(self.config)
 
-    monkeypatch.setattr(evaluation, "BiLDGenerator", Spy)
+    monkeypatch.setattr(systems, "BiLDGenerator", Spy)
     argv = translation_args(decoder_pair, de_en, tmp_path / "out", flags[0], "0", flags[1], "0",
                             "--max_samples", "1", "--max_new_tokens", "2")
     result = translation.main(argv)
@@ -162,7 +164,7 @@ def test_resume_after_interrupt_gives_identical_predictions(compared, decoder_pa
     """Ctrl-C after one batch, then a kill in the middle of a line: the rerun completes the same predictions."""
     out = tmp_path / "resumed"
     argv = translation_args(decoder_pair, de_en, out, "--compare", "large")
-    original, calls = evaluation._generate_batch, []
+    original, calls = runner.generate_batch, []
 
     def interrupted(*args, **kwargs):
         calls.append(1)
@@ -170,10 +172,10 @@ def test_resume_after_interrupt_gives_identical_predictions(compared, decoder_pa
             raise KeyboardInterrupt
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(evaluation, "_generate_batch", interrupted)
+    monkeypatch.setattr(runner, "generate_batch", interrupted)
     with pytest.raises(KeyboardInterrupt):
         translation.main(argv)
-    monkeypatch.setattr(evaluation, "_generate_batch", original)
+    monkeypatch.setattr(runner, "generate_batch", original)
     bild_file = out / "predictions_bild.jsonl"
     assert [r["id"] for r in read_jsonl(bild_file)] == ["sample-0", "sample-1"]
     with open(bild_file, "a") as handle:  # what a kill during a write leaves behind
@@ -188,16 +190,21 @@ def test_resume_after_interrupt_gives_identical_predictions(compared, decoder_pa
         assert result["systems"][system]["quality"] == compared[1]["systems"][system]["quality"]
 
 
-def test_rerun_of_a_finished_run_generates_nothing(compared, decoder_pair, de_en, monkeypatch):
+def test_rerun_of_a_finished_run_generates_nothing(compared, decoder_pair, de_en, monkeypatch, capsys):
     out, result = compared
 
     def fail(*args, **kwargs):
         raise AssertionError("a finished example was generated again")
 
-    monkeypatch.setattr(evaluation, "_generate_batch", fail)
-    monkeypatch.setattr(evaluation, "_warm_up", fail)
+    monkeypatch.setattr(runner, "generate_batch", fail)
+    monkeypatch.setattr(runner, "warm_up", fail)
+    capsys.readouterr()
     again = translation.main(translation_args(decoder_pair, de_en, out, "--compare", "large,small,assisted"))
     assert again["systems"] == result["systems"]
+    # The rerun says what it reused, from where, and how to recompute.
+    said = " ".join(capsys.readouterr().out.split())
+    assert f"Reusing finished examples from {out}" in said and "--overwrite_output_dir" in said
+    assert "bild 5/5" in said and "assisted 5/5" in said
 
 
 def test_resuming_with_other_settings_is_refused(decoder_pair, de_en, tmp_path):
@@ -218,7 +225,7 @@ def test_default_job_fetches_the_pair_and_compares_with_large(decoder_pair, tmp_
         fetched.append(alias)
         return tuple(Path(p) for p in decoder_pair)
 
-    monkeypatch.setattr(evaluation.fetch, "fetch_pair", fake_fetch_pair)
+    monkeypatch.setattr(fetch, "fetch_pair", fake_fetch_pair)
     monkeypatch.chdir(tmp_path)
     result = translation.main(["--max_samples", "2", "--max_new_tokens", "2"])
     assert fetched == ["qwen2.5-coder"]
@@ -276,3 +283,19 @@ def test_accelerate_launch_with_two_processes(decoder_pair, de_en, tmp_path):
         expected = read_jsonl(single / f"predictions_{system}.jsonl")
         assert [r["id"] for r in merged] == [r["id"] for r in expected]
         assert [r["prediction"] for r in merged] == [r["prediction"] for r in expected]
+
+
+def test_from_pretrained_takes_bilds_own_keywords(decoder_pair):
+    """tokenizer=, static_cache= and compile= are BiLDGenerator's (they used to reach the model's __init__)."""
+    import torch
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(decoder_pair[1])
+    generator = BiLDGenerator.from_pretrained(*decoder_pair, tokenizer=tokenizer, static_cache=True,
+                                              dtype=torch.float32)
+    assert generator.small_tokenizer is tokenizer and generator.large_tokenizer is tokenizer
+    assert generator.static_cache is True and generator.large.dtype == torch.float32
+    inputs = tokenizer(["Dieses Paket"], return_tensors="pt")
+    expected = generator.large.generate(**inputs, max_new_tokens=4, do_sample=False)
+    lossless = BiLDGenerator.from_pretrained(*decoder_pair, rollback_threshold=0.0, tokenizer=tokenizer)
+    assert torch.equal(lossless.generate(**inputs, max_new_tokens=4, do_sample=False), expected)

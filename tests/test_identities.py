@@ -1,4 +1,4 @@
-"""The identities of ../shared/bild-spec.md, for every supported architecture, in float32."""
+"""The identities of docs/decoding.md, for every supported architecture, in float32."""
 
 import math
 

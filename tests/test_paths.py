@@ -99,7 +99,14 @@ def test_a_row_finishing_before_the_others():
     assert torch.equal(got[: alone.shape[1]], alone[0]) and (got[alone.shape[1]:] == PAD).all()
 
 
-def test_max_new_tokens_one_and_zero_budget_rows():
-    small, large, out = _run("qwen2", "disagree", prompts(2, seed=14), 0.3, 2.0, 4, 1)
+def test_max_new_tokens_one_leaves_every_row_without_budget_after_one_round():
+    """A budget of one token: each row commits the reference loop's one token in one round, and a row left
+    with no budget makes no further call (drafts beyond the budget are dropped, never committed)."""
+    rows = prompts(2, seed=14)
+    small, large, out = _run("qwen2", "disagree", rows, 0.3, 2.0, 4, 1)
     assert out.stats.committed_tokens == [1, 1]
-    assert out.stats.total()["large_forward_calls"] == 2
+    assert out.stats.large_forward_calls == [1, 1]
+    assert out.sequences.shape[1] == max(len(r) for r in rows) + 1
+    for i, row in enumerate(rows):
+        expected = reference_bild(small, large, row, 0.3, 2.0, 4, 1, EOS)[0]
+        assert out.sequences[i, -1].item() == expected[-1] and len(expected) == len(row) + 1

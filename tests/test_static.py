@@ -41,13 +41,26 @@ def test_fixed_width_steps_pad_and_drop_dummies():
         self.compiled_forward = self.model.forward  # eager stand-in for torch.compile
         assert self.static_length is not None
 
+    original_feed, kept = DecoderOnlyAdapter.feed, []
+
+    def feed(self, *args, **kwargs):
+        logits = original_feed(self, *args, **kwargs)
+        # One row: every slot left after a step holds a real token, and the static cache's write pointer is
+        # right after them (a dummy slot is overwritten by the next step, never kept).
+        pointer = int(self.cache.layers[0].cumulative_length)
+        kept.append((bool(self.slot_valid.all()), pointer, self.slot_valid.shape[1]))
+        return logits
+
     DecoderOnlyAdapter.__init__ = patched
+    DecoderOnlyAdapter.feed = feed
     try:
         got = BiLDGenerator(small, large, 0.3, 1.0, 4, static_cache=True).generate(**inputs, max_new_tokens=16)
     finally:
         DecoderOnlyAdapter.__init__ = original
+        DecoderOnlyAdapter.feed = original_feed
     assert torch.equal(got, expected)
     assert window in seen_widths and None in seen_widths  # padded steps and an eager prefill both ran
+    assert kept and all(valid and cached == slots for valid, cached, slots in kept), kept
 
 
 def test_static_cache_refuses_decoder_only_batches():

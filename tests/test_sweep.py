@@ -7,13 +7,17 @@ import csv
 import json
 import math
 import shlex
+import shutil
 from pathlib import Path
 
 import pytest
 
 from _example_fixtures import SUMMARIZATION_SAMPLE, TRANSLATION_SAMPLE, save_pair, write_lines
-from bild import evaluation, sweep
+from bild import frontier, sweep, sweep_plot
 from bild.cli import main as cli_main
+from bild.eval import cli, runner, systems
+from bild.eval.rundir import read_records
+from bild.eval.tasks import SUMMARIZATION
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -27,56 +31,54 @@ def point(name: str, speedup: float, quality: float) -> dict:
 
 
 def test_threshold_list_parses_inf_keeps_zero_and_drops_repeats():
-    assert sweep.threshold_list("0,0.5, inf,0.5") == [0.0, 0.5, math.inf]
-    assert sweep.threshold_list("1,2,3,5,inf")[-1] == math.inf
+    assert frontier.threshold_list("0,0.5, inf,0.5") == [0.0, 0.5, math.inf]
+    assert frontier.threshold_list("1,2,3,5,inf")[-1] == math.inf
     with pytest.raises(argparse.ArgumentTypeError, match="not a number"):
-        sweep.threshold_list("0.5,,0.7")
+        frontier.threshold_list("0.5,,0.7")
     with pytest.raises(argparse.ArgumentTypeError, match="nan"):
-        sweep.threshold_list("nan")
-    args = sweep.sweep_command_parser().parse_args(["--small", "s", "--large", "l", "--fallback", "0", "--rollback",
+        frontier.threshold_list("nan")
+    args = cli.sweep_parser().parse_args(["--small", "s", "--large", "l", "--fallback", "0", "--rollback",
                                                     "0,inf"])
     assert args.fallback == [0.0] and args.rollback == [0.0, math.inf]
 
 
 def test_threshold_grid_validates_and_names_points():
-    grid = sweep.threshold_grid([0.5, 0.9], [0.0, math.inf], 10)
-    assert [sweep.point_name(c) for c in grid] == ["0.5_0", "0.5_inf", "0.9_0", "0.9_inf"]
-    assert sweep.format_threshold(0.1234567891) == "0.1234567891"  # never rounded into another threshold
+    grid = frontier.threshold_grid([0.5, 0.9], [0.0, math.inf], 10)
+    assert [frontier.point_name(c) for c in grid] == ["0.5_0", "0.5_inf", "0.9_0", "0.9_inf"]
+    assert frontier.format_threshold(0.1234567891) == "0.1234567891"  # never rounded into another threshold
     with pytest.raises(SystemExit, match="fallback_threshold must be in"):
-        sweep.threshold_grid([1.5], [1.0], 10)
+        frontier.threshold_grid([1.5], [1.0], 10)
 
 
 def test_pareto_frontier_keeps_exactly_the_non_dominated_points():
     points = [point("a", 1.0, 30.0), point("b", 1.5, 29.0), point("c", 1.4, 28.0), point("d", 2.0, 25.0),
               point("e", 0.8, 31.0), point("f", 1.5, 28.5), point("g", 2.0, 25.0)]
-    frontier = sweep.pareto_frontier(points)
-    assert [p["point"] for p in frontier] == ["e", "a", "b", "d", "g"]  # by rising speed-up; equal d and g both stay
+    front = frontier.pareto_frontier(points)
+    assert [p["point"] for p in front] == ["e", "a", "b", "d", "g"]  # by rising speed-up; equal d and g both stay
     for p in points:
         beaten = any(q["speedup"] >= p["speedup"] and q["quality"] >= p["quality"]
                      and (q["speedup"], q["quality"]) != (p["speedup"], p["quality"]) for q in points)
-        assert (p in frontier) == (not beaten), p["point"]
+        assert (p in front) == (not beaten), p["point"]
 
 
 def test_recommend_is_the_fastest_within_the_budget_and_faster_than_large():
     points = [point("slow-good", 0.9, 40.0), point("ok", 1.3, 39.6), point("fast", 1.8, 39.0),
               point("edge", 1.5, 39.5), point("tie-worse", 1.5, 39.5 - 1e-12)]
-    assert sweep.recommend(points, 40.0, 0.5)["point"] == "edge"  # a loss of exactly the budget is within it
-    assert sweep.recommend(points, 40.0, 1.0)["point"] == "fast"
-    assert sweep.recommend(points, 40.0, 0.1) is None  # only the point slower than large keeps the quality
-    assert sweep.recommend([point("better", 1.2, 41.0)], 40.0, 0.0)["point"] == "better"
-    assert sweep.recommend([], 40.0, 0.5) is None
+    assert frontier.recommend(points, 40.0, 0.5)["point"] == "edge"  # a loss of exactly the budget is within it
+    assert frontier.recommend(points, 40.0, 1.0)["point"] == "fast"
+    assert frontier.recommend(points, 40.0, 0.1) is None  # only the point slower than large keeps the quality
+    assert frontier.recommend([point("better", 1.2, 41.0)], 40.0, 0.0)["point"] == "better"
+    assert frontier.recommend([], 40.0, 0.5) is None
 
 
 def test_recommended_command_runs_the_example_script_with_the_same_settings():
     argv = ["--task", "summarization", "--small", "s m", "--large", "l", "--validation_file", "v.jsonl",
             "--source_prefix", "summarize: ", "--max_new_tokens", "12", "--batch_size", "4", "--dtype", "bfloat16"]
-    args = sweep.sweep_command_parser().parse_args(argv)
-    task = sweep.resolve_task(args)
-    sweep.choose_split(args, ("validation", "test", "train"))
-    command = sweep.usage_command(task, args, sweep.BiLDConfig(0.7, math.inf, 6))
+    spec = cli.sweep_spec(cli.sweep_parser().parse_args(argv))
+    command = sweep.usage_command(spec, sweep.BiLDConfig(0.7, math.inf, 6))
     words = shlex.split(command)
     assert words[:2] == ["python", "examples/run_bild_summarization.py"]
-    parsed = evaluation.build_parser(evaluation.SUMMARIZATION).parse_args(words[2:])
+    parsed = cli.build_parser(SUMMARIZATION).parse_args(words[2:])
     assert (parsed.fallback_threshold, parsed.rollback_threshold, parsed.max_small_steps) == (0.7, math.inf, 6)
     assert (parsed.small, parsed.validation_file, parsed.split, parsed.source_prefix) == (
         "s m", "v.jsonl", "validation", "summarize: ")
@@ -88,9 +90,9 @@ def test_plot_of_hand_made_rows_is_a_png(tmp_path):
             {"system": "small", "point": "small", "speedup": 2.5, "quality": 22.0, "timed_with_large": True},
             {"system": "bild", "point": "0.5_3", "speedup": 1.6, "quality": 29.8, "timed_with_large": True},
             {"system": "bild", "point": "0.9_1", "speedup": 0.7, "quality": 30.1, "timed_with_large": False}]
-    frontier = sweep.pareto_frontier(rows)
+    front = frontier.pareto_frontier(rows)
     path = tmp_path / "plot.png"
-    sweep.plot_sweep(rows, frontier, rows[2], path, "title", "bleu", 29.5)
+    sweep_plot.plot_sweep(rows, front, rows[2], path, "title", "bleu", 29.5)
     assert path.read_bytes().startswith(PNG_MAGIC) and path.stat().st_size > 10_000
 
 
@@ -126,10 +128,10 @@ def test_sweep_writes_a_row_per_grid_point_and_both_references(swept):
     assert [r["point"] for r in rows] == ["large", "small", "0.4_1", "0.4_inf", "0.9_1", "0.9_inf"]
     assert rows[2]["fallback_threshold"] == 0.4 and rows[3]["rollback_threshold"] == "inf"  # JSON has no inf
     assert result["metric"] == "chrf" and result["examples"] == 4
-    large_total = sum(r["latency_s"] for r in evaluation.read_records(out / "predictions_large.jsonl"))
+    large_total = sum(r["latency_s"] for r in read_records(out / "predictions_large.jsonl"))
     for row in rows:
         folder = out if row["system"] != "bild" else out / "points" / row["point"]
-        records = evaluation.read_records(folder / f"predictions_{row['system']}.jsonl")
+        records = read_records(folder / f"predictions_{row['system']}.jsonl")
         assert len(records) == 4
         total = sum(r["latency_s"] for r in records)
         assert row["speedup"] == pytest.approx(large_total / total)
@@ -160,13 +162,27 @@ def test_frontier_is_non_dominated_and_the_recommendation_respects_the_budget(sw
             assert any(f["speedup"] >= r["speedup"] and f["quality"] >= r["quality"] for f in frontier)
     budget = rows[0]["quality"] - result["max_quality_drop"]
     qualifying = [r for r in rows if r["system"] == "bild" and r["speedup"] > 1 and r["quality"] >= budget - 1e-9]
-    if qualifying:
-        best = max(qualifying, key=lambda r: (r["speedup"], r["quality"]))
-        assert result["recommended"] == best["point"]
-        fb, rb = best["point"].split("_")
-        assert f"--bild_fallback {fb} --bild_rollback {rb}" in result["command"]
-    else:
-        assert result["recommended"] is None and result["command"] is None
+    best = max(qualifying, key=lambda r: (r["speedup"], r["quality"]), default=None)
+    assert result["recommended"] == (best["point"] if best else None)
+    assert (result["command"] is None) == (best is None)
+
+
+def test_the_recommendation_is_the_fastest_point_and_its_command(swept, decoder_pair, de_en, tmp_path):
+    """The large model's latencies made 100x slower: every BiLD point is faster, so with a budget of 100
+    points the fastest one must be recommended, with a command line that runs it."""
+    out = tmp_path / "slow-large"
+    shutil.copytree(swept[0], out)
+    large = out / "predictions_large.jsonl"
+    records = read_records(large)
+    large.write_text("".join(json.dumps({**r, "latency_s": 100 * r["latency_s"]}) + "\n" for r in records))
+    assert cli_main(sweep_argv(decoder_pair, de_en, out, *GRID, "--max_quality_drop", "100")) == 0
+    result = json.loads((out / "sweep.json").read_text())
+    points = [r for r in result["rows"] if r["system"] == "bild"]
+    assert all(r["speedup"] > 1 for r in points)
+    best = max(points, key=lambda r: (r["speedup"], r["quality"]))
+    assert result["recommended"] == best["point"]
+    fb, rb = best["point"].split("_")
+    assert f"--bild_fallback {fb} --bild_rollback {rb}" in result["command"]
 
 
 def test_the_png_is_a_valid_image(swept):
@@ -184,8 +200,9 @@ def test_a_finished_sweep_is_retabulated_without_models(swept, decoder_pair, de_
     def fail(*args, **kwargs):
         raise AssertionError("a finished system was generated again")
 
-    monkeypatch.setattr(evaluation, "_load_models", fail)
-    monkeypatch.setattr(evaluation, "_generate_batch", fail)
+    monkeypatch.setattr(sweep, "load_models", fail)
+    monkeypatch.setattr(systems, "load_model", fail)
+    monkeypatch.setattr(runner, "generate_batch", fail)
     assert cli_main(sweep_argv(decoder_pair, de_en, out, *GRID, "--max_quality_drop", "100")) == 0
     again = json.loads((out / "sweep.json").read_text())
     assert [r["speedup"] for r in again["rows"]] == [r["speedup"] for r in result["rows"]]
@@ -196,38 +213,47 @@ def test_a_finished_sweep_is_retabulated_without_models(swept, decoder_pair, de_
 
 
 def test_resume_generates_only_new_or_unfinished_points(decoder_pair, de_en, tmp_path, monkeypatch):
-    """An interrupted point is completed, a finished one is skipped; the rows say which were timed apart."""
+    """An interrupted point is completed, a finished one is skipped; the rows say which were timed apart.
+
+    The systems are interleaved per batch: batch i runs them in their order rotated by i.
+    """
     out = tmp_path / "out"
-    argv = sweep_argv(decoder_pair, de_en, out, "--fallback", "0.5", "--rollback", "2,inf")
-    original, calls = evaluation._generate_batch, []
+    argv = sweep_argv(decoder_pair, de_en, out, "--fallback", "0.5", "--rollback", "2")
+    original, calls = runner.generate_batch, []
+
+    def counting(*args, **kwargs):
+        calls.append(args[1][0].id)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(runner, "generate_batch", counting)
+    cli_main(argv)  # large, small and 0.5_2 finished in one run
+    assert len(calls) == 3 * 2
 
     def interrupted(*args, **kwargs):
         calls.append(args[1][0].id)
-        if len(calls) == 7:  # large 2 batches, small 2, point 0.5_2 2 -> stop in 0.5_inf's first batch
+        if len(calls) == 2:  # only 0.5_inf has work: its first batch, then stop in its second
             raise KeyboardInterrupt
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(evaluation, "_generate_batch", interrupted)
+    calls.clear()
+    monkeypatch.setattr(runner, "generate_batch", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        cli_main(argv)
-    assert not (out / "points" / "0.5_inf" / "predictions_bild.jsonl").read_text()
+        cli_main([*argv[:-4], "--fallback", "0.5", "--rollback", "2,inf"])
+    started = read_records(out / "points" / "0.5_inf" / "predictions_bild.jsonl")
+    assert [r["id"] for r in started] == ["sample-0", "sample-1"]
 
-    counted = []
-
-    def counting(*args, **kwargs):
-        counted.append(args[1][0].id)
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(evaluation, "_generate_batch", counting)
+    calls.clear()
+    monkeypatch.setattr(runner, "generate_batch", counting)
     cli_main([*argv[:-4], "--fallback", "0.5,0.9", "--rollback", "2,inf"])
-    assert len(counted) == 3 * 2  # 0.5_inf, then the new 0.9_2 and 0.9_inf; two batches each
+    # 0.5_inf's second batch, then the new 0.9_2 and 0.9_inf (two batches each), interleaved by batch.
+    assert calls == ["sample-0", "sample-0", "sample-2", "sample-2", "sample-2"]
     rows = {r["point"]: r for r in json.loads((out / "sweep.json").read_text())["rows"]}
     assert list(rows) == ["large", "small", "0.5_2", "0.5_inf", "0.9_2", "0.9_inf"]
     assert [p for p, r in rows.items() if r["timed_with_large"]] == ["large", "small", "0.5_2"]
     timing = json.loads((out / "timing.json").read_text())
-    first, second = timing["large"][0], timing["0.9_inf"][0]
-    assert timing["large"] == timing["0.5_2"] == [first] and timing["0.9_2"] == [second] and first != second
-    assert timing["0.5_inf"] == [first, second]  # started in the first run, finished in the second
+    first, second, third = timing["large"][0], timing["0.5_inf"][0], timing["0.9_inf"][0]
+    assert timing["large"] == timing["small"] == timing["0.5_2"] == [first] and timing["0.9_2"] == [third]
+    assert timing["0.5_inf"] == [second, third] and len({first, second, third}) == 3  # started, then finished
 
 
 def test_resuming_with_other_settings_is_refused(decoder_pair, de_en, tmp_path):
@@ -251,5 +277,7 @@ def test_summarization_on_a_seq2seq_pair_scores_rouge_l(folder, tmp_path):
     assert result["metric"] == "rougeL"
     large_row, _, lossless = result["rows"]
     assert lossless["point"] == "0.5_0" and lossless["rougeL"] == pytest.approx(large_row["rougeL"])
-    if result["command"]:
-        assert "--source_prefix 'summarize: '" in result["command"] and "--task" not in result["command"]
+    command = sweep.usage_command(cli.sweep_spec(cli.sweep_parser().parse_args(argv[1:])),
+                                  sweep.BiLDConfig(0.5, 0.0, 10))
+    assert "--source_prefix 'summarize: '" in command and "--task" not in command
+    assert result["command"] in (None, command)  # the only point, if it is recommended

@@ -1,0 +1,266 @@
+"""The example scripts' job: BiLD against its baselines on a text-to-text task, resumably and with honest timing.
+
+`evaluate(spec)` loads the models once, runs every system of the run over the same examples
+(interleaved per batch, see `runner`), merges the prediction files, scores and reports. ``--compare``
+also takes more BiLD settings (``bild:0.4:5`` or ``bild:0.4:5:6`` for fallback:rollback[:max_small_steps]);
+each runs as its own system (``bild-fb0.4-rb5-n6``) on the same inputs in the same process.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .. import env, fetch
+from ..config import BiLDConfig
+from .data import DataSpec, Example, load_examples
+from .prompts import PromptBuilder, PromptSpec, prompt_builder
+from .report import comparison, print_report, system_metrics
+from .rundir import RunDir, atomic_write_json, fingerprint
+from .runner import TIMING, RunContext, System, run_systems
+from .systems import (BASELINES, LoadedModels, ModelSpec, bild_system_name, cpu_only, eos_token_ids, load_models,
+                      resolve_device, roles_of)
+from .tasks import Task
+
+DEFAULT_PAIR = "qwen2.5-coder"
+
+
+@dataclass(frozen=True)
+class GenerationSpec:
+    """Generation settings every system of a run shares (greedy)."""
+
+    max_new_tokens: int
+    batch_size: int = 1
+    seed: int = 42
+
+
+@dataclass(frozen=True)
+class EvalSpec:
+    """One run of the example scripts, as typed settings (bild.eval.cli builds it from the command line)."""
+
+    task: Task
+    data: DataSpec
+    prompt: PromptSpec
+    generation: GenerationSpec
+    models: ModelSpec = ModelSpec()
+    model: str = "bild"  # "bild", or one model's path to run alone
+    small: str | None = None
+    large: str | None = None
+    # (fallback, rollback, max_small_steps) as given; validated into a BiLDConfig only where BiLD runs.
+    thresholds: tuple[float, float, int] = (BiLDConfig.fallback_threshold, BiLDConfig.rollback_threshold,
+                                            BiLDConfig.max_small_steps)
+    compare: str | None = None  # comma-separated systems; None: the default job's choice
+    output_dir: str | None = None
+    overwrite: bool = False
+    options: dict = field(default_factory=dict)  # the command line's options, as recorded in config.json
+
+
+def resolve_defaults(spec: EvalSpec, default_data: str | None) -> EvalSpec:
+    """The default job filled in: the fetched real pair, the shipped sample, and the large baseline."""
+    changes = {}
+    if spec.model == "bild":
+        if bool(spec.small) != bool(spec.large):
+            raise SystemExit("--model bild needs both --small and --large (or neither, for the default pair).")
+        if not spec.small:
+            changes["small"], changes["large"] = (str(p) for p in fetch.fetch_pair(DEFAULT_PAIR))
+        if spec.compare is None:
+            changes["compare"] = "" if spec.small or spec.data.given else "large"
+    elif spec.small or spec.large or spec.compare:
+        raise SystemExit("--small, --large and --compare go with --model bild; --model PATH runs that model alone.")
+    if not spec.data.given:
+        if default_data is None:
+            raise SystemExit("Give --dataset_name or a --train_file/--validation_file/--test_file.")
+        changes["data"] = dataclasses.replace(spec.data, files={"test": default_data})
+    options = {**spec.options, **{k: v for k, v in changes.items() if k != "data"}}
+    if "data" in changes:
+        options["test_file"] = default_data
+    return dataclasses.replace(spec, **changes, options=options)
+
+
+def parse_bild_setting(item: str, default_steps: int) -> BiLDConfig:
+    """``bild:FALLBACK:ROLLBACK[:MAX_SMALL_STEPS]`` -> its config (max_small_steps from the command line if left out)."""
+    parts = item.split(":")[1:]
+    try:
+        if len(parts) not in (2, 3):
+            raise ValueError("expected two or three numbers")
+        steps = int(parts[2]) if len(parts) == 3 else default_steps
+        return BiLDConfig(float(parts[0]), float(parts[1]), steps)
+    except ValueError as e:
+        raise SystemExit(f"--compare: {item!r} is not a BiLD setting bild:FALLBACK:ROLLBACK[:MAX_SMALL_STEPS], "
+                         f"e.g. bild:0.4:5 or bild:0.6:0:5 ({e}).") from None
+
+
+def compare_items(spec: EvalSpec) -> list[str]:
+    return [c.strip() for c in (spec.compare or "").split(",") if c.strip()]
+
+
+def bild_settings(spec: EvalSpec) -> dict[str, BiLDConfig]:
+    """Every BiLD system of the run and its thresholds: ``bild`` first, then --compare's ``bild:...`` items."""
+    primary = BiLDConfig(*spec.thresholds)
+    settings = {"bild": primary}
+    for item in compare_items(spec):
+        if item.startswith("bild:"):
+            config = parse_bild_setting(item, primary.max_small_steps)
+            if config != primary:
+                settings.setdefault(bild_system_name(config), config)
+    return settings
+
+
+def systems_of(spec: EvalSpec) -> list[str]:
+    """The systems in their order: BiLD settings first, then the baselines as given."""
+    if spec.model != "bild":
+        return ["model"]
+    compare = compare_items(spec)
+    unknown = sorted(c for c in set(compare) - set(BASELINES) if not c.startswith("bild:"))
+    if unknown:
+        raise SystemExit(f"--compare takes {', '.join(BASELINES)} and BiLD settings bild:FALLBACK:ROLLBACK"
+                         f"[:MAX_SMALL_STEPS]; got {', '.join(unknown)}.")
+    return [*bild_settings(spec), *dict.fromkeys(c for c in compare if c in BASELINES)]
+
+
+def model_paths(spec: EvalSpec, systems: list[str]) -> dict[str, str]:
+    """Role -> path of every model the systems need."""
+    available = {"small": spec.small, "large": spec.large, "model": None if spec.model == "bild" else spec.model}
+    roles = dict.fromkeys(role for s in systems for role in roles_of(s))
+    return {role: available[role] for role in roles}
+
+
+def environment(device: torch.device, num_processes: int) -> dict:
+    """Versions and hardware (`bild env`'s), plus where this run generated."""
+    return {**env.environment(), "device": str(device), "num_processes": num_processes}
+
+
+def generation_settings(task: Task, paths: dict, thresholds: dict | None, data: DataSpec, prompt: PromptSpec,
+                        generation: GenerationSpec, models: ModelSpec, device: torch.device,
+                        num_processes: int | None) -> dict:
+    """Everything that changes the predictions; a run resumes only into a folder with the same.
+
+    `thresholds` or `num_processes` None: left out (a setting the predictions do not depend on).
+    """
+    settings = {
+        "task": task.name,
+        "models": paths,
+        "thresholds": thresholds,
+        "data": {"dataset_name": data.dataset_name, "dataset_config": data.dataset_config, "files": data.files,
+                 "split": data.resolved_split, "columns": list(data.columns)},
+        "prompt": {"template": prompt.template, "source_prefix": prompt.source_prefix,
+                   "max_source_length": prompt.max_source_length},
+        "max_new_tokens": generation.max_new_tokens,
+        "batch_size": generation.batch_size,
+        "dtype": models.dtype,
+        "device_type": device.type,
+        "device_map": models.device_map,
+        # Each process batches its own share of the examples.
+        "num_processes": num_processes,
+    }
+    return {k: v for k, v in settings.items() if v is not None or k not in ("thresholds", "num_processes")}
+
+
+def run_context(task: Task, loaded: LoadedModels, data: DataSpec, prompt: PromptSpec, generation: GenerationSpec,
+                state) -> RunContext:
+    """Prompts and generation settings from the reference model (large, else the only one)."""
+    tokenizer = loaded.reference_tokenizer()
+    model = loaded.models[loaded.reference_role]
+    return RunContext(
+        prompts=prompt_builder(task, prompt, data.columns, tokenizer, loaded.encoder_decoder),
+        # Explicit greedy: instruct models' generation configs often sample, seq2seq ones often beam-search.
+        generate_kwargs={"max_new_tokens": generation.max_new_tokens, "do_sample": False, "num_beams": 1,
+                         "pad_token_id": tokenizer.pad_token_id},
+        batch_size=generation.batch_size,
+        device=model.device,
+        eos_ids=eos_token_ids(model, tokenizer),
+        rank=state.process_index if state.num_processes > 1 else None,
+        show_progress=state.is_main_process,
+        seed=generation.seed,
+    )
+
+
+def report_reuse(run_dir: RunDir, systems: list[str], examples: list[Example]) -> None:
+    """Say what an earlier run in the folder already finished, and how to recompute it."""
+    reused = {s: sum(e.id in run_dir.finished(s) for e in examples) for s in systems}
+    if any(reused.values()):
+        counts = ", ".join(f"{s} {n}/{len(examples)}" for s, n in reused.items() if n)
+        print(f"Reusing finished examples from {run_dir.path} ({counts}); "
+              "rerun with --overwrite_output_dir to recompute them.")
+
+
+def evaluate(spec: EvalSpec, argv: list[str], default_data: str | None = None) -> dict | None:
+    """Load, run every system, merge, score, report. Safe to rerun: finished examples are skipped.
+
+    Returns the metrics on the main process (None on the others).
+    """
+    from accelerate import PartialState
+
+    state = PartialState(cpu=cpu_only(spec.models.device))
+    # One process fetches (and prints) while the others wait and then find the cache complete.
+    with state.main_process_first():
+        spec = resolve_defaults(spec, default_data)
+    task = spec.task
+    systems = systems_of(spec)
+    paths = model_paths(spec, systems)
+    device = resolve_device(spec.models.device, state)
+    thresholds = bild_settings(spec) if spec.model == "bild" else {}
+    fb, rb, steps = spec.thresholds
+    settings = generation_settings(task, paths, {"fallback_threshold": fb, "rollback_threshold": rb,
+                                                 "max_small_steps": steps}, spec.data, spec.prompt, spec.generation,
+                                   spec.models, device, state.num_processes)
+    run_dir = RunDir(Path(spec.output_dir or f"runs/{task.name}-{fingerprint(settings)}"))
+    if state.is_main_process:
+        # Should the check fail, the launcher (torch.distributed.run) stops the waiting processes too.
+        run_dir.start(settings, spec.overwrite, systems=systems, args=spec.options, argv=argv,
+                      environment=environment(device, state.num_processes), timing=TIMING)
+    # The other processes must not look at the folder before it is cleared or found resumable.
+    state.wait_for_everyone()
+
+    with state.main_process_first():
+        examples = load_examples(task, spec.data)
+    if not examples:
+        raise SystemExit("No examples to evaluate: the split is empty or --max_samples is 0.")
+    if state.is_main_process:
+        report_reuse(run_dir, systems, examples)
+    loaded = load_models(paths, spec.models, device)
+    ctx = run_context(task, loaded, spec.data, spec.prompt, spec.generation, state)
+    runs = [System(s, loaded.system(s, thresholds.get(s)), run_dir) for s in systems]
+    with state.split_between_processes(examples) as mine:
+        run_systems(runs, mine, ctx, desc=",".join(systems))
+    state.wait_for_everyone()
+    if not state.is_main_process:
+        return None
+    for system in systems:
+        run_dir.merge(system, examples)
+    return finish(task, systems, examples, run_dir, settings, ctx.prompts, thresholds)
+
+
+def finish(task: Task, systems: list[str], examples: list[Example], run_dir: RunDir, settings: dict,
+           prompts: PromptBuilder, bild_thresholds: dict[str, BiLDConfig]) -> dict:
+    """metrics.json from the merged predictions, and the report."""
+    references = [e.reference for e in examples]
+    per_system = {}
+    for system in systems:
+        records = run_dir.ordered(system, examples)
+        if len(records) != len(examples):
+            raise RuntimeError(f"{system}: {len(records)} predictions for {len(examples)} examples in {run_dir.path}.")
+        per_system[system] = system_metrics(task, records, references)
+    result = {
+        "task": task.name,
+        "examples": len(examples),
+        "output_dir": str(run_dir.path),
+        "fingerprint": fingerprint(settings),
+        "models": settings["models"],
+        "thresholds": settings["thresholds"],
+        # As resolved for the tokenizer, where config.json has the options as given.
+        "prompt": {"template": prompts.template, "prefix": prompts.prefix},
+        "timing": TIMING,
+        "systems": per_system,
+        # The --bild_fallback/--bild_rollback setting against each baseline.
+        "comparison": comparison(task, per_system),
+        # Every BiLD setting of the run (that one included) with its thresholds and comparison.
+        "bild_settings": {name: {"thresholds": thresholds.to_dict(), "comparison": comparison(task, per_system, name)}
+                          for name, thresholds in bild_thresholds.items()},
+    }
+    atomic_write_json(run_dir.path / "metrics.json", result)
+    print_report(task, result)
+    return result

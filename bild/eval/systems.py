@@ -1,0 +1,207 @@
+"""The systems a run compares, over loaded models: ``bild`` (and further settings ``bild-fb...``),
+``large`` and ``small`` (greedy ``generate``), ``assisted`` (transformers' assisted generation with the
+small model as assistant) and ``model`` (one model given with ``--model PATH``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from ..config import BiLDConfig
+from ..generator import BiLDGenerator
+from ..stats import BiLDStats
+
+BASELINES = ("large", "small", "assisted")
+# Which loaded models each system needs.
+SYSTEM_ROLES = {
+    "bild": ("small", "large"),
+    "large": ("large",),
+    "small": ("small",),
+    "assisted": ("small", "large"),
+    "model": ("model",),
+}
+
+# A system's generate: (inputs, generate kwargs) -> (new tokens per row, BiLDStats or None).
+GenerateFn = Callable[[dict, dict], tuple[list[torch.Tensor], "BiLDStats | None"]]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """How models are loaded: weights' dtype ("auto": as stored), device ("auto": accelerate's), device_map."""
+
+    dtype: str = "auto"
+    device: str = "auto"
+    device_map: str | None = None
+
+
+@dataclass
+class LoadedModels:
+    """role -> model, role -> tokenizer (None where a folder has none), and whether they are seq2seq."""
+
+    models: dict
+    tokenizers: dict
+    encoder_decoder: bool
+
+    def reference_tokenizer(self):
+        """The tokenizer of the reference model (large, else the only one), else any there is."""
+        role = self.reference_role
+        tokenizer = self.tokenizers[role] or next((t for t in self.tokenizers.values() if t is not None), None)
+        if tokenizer is None:
+            raise SystemExit(f"No tokenizer found beside the models ({', '.join(self.models)}).")
+        return tokenizer
+
+    @property
+    def reference_role(self) -> str:
+        return "large" if "large" in self.models else next(iter(self.models))
+
+    def system(self, name: str, thresholds: BiLDConfig | None = None) -> GenerateFn:
+        """The generate function of system `name` over the models its roles need."""
+        return make_system(name, {r: self.models[r] for r in roles_of(name)}, thresholds, self.tokenizers)
+
+
+def is_bild_system(name: str) -> bool:
+    """``bild`` (the thresholds of --bild_fallback/--bild_rollback) or a further setting ``bild-fb...``."""
+    return name == "bild" or name.startswith("bild-")
+
+
+def bild_system_name(config: BiLDConfig) -> str:
+    """The system (and file) name of a further BiLD setting, e.g. ``bild-fb0.4-rb5-n10``."""
+    return f"bild-fb{config.fallback_threshold:g}-rb{config.rollback_threshold:g}-n{config.max_small_steps}"
+
+
+def roles_of(system: str) -> tuple[str, ...]:
+    """The loaded models (by role) that `system` needs."""
+    return SYSTEM_ROLES["bild" if is_bild_system(system) else system]
+
+
+def load_tokenizer(path: str, encoder_decoder: bool):
+    """The tokenizer of a model folder, padded on the side generation needs."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    tokenizer.padding_side = "right" if encoder_decoder else "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def maybe_tokenizer(path: str, encoder_decoder: bool):
+    try:
+        return load_tokenizer(path, encoder_decoder)
+    except (OSError, ValueError):
+        return None
+
+
+def is_encoder_decoder(path: str) -> bool:
+    from transformers import AutoConfig
+
+    return bool(AutoConfig.from_pretrained(path).is_encoder_decoder)
+
+
+def load_model(path: str, dtype: str, device: torch.device, device_map: str | None):
+    """A causal or seq2seq LM in eval mode, on `device` (or spread by `device_map`)."""
+    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
+
+    auto = AutoModelForSeq2SeqLM if is_encoder_decoder(path) else AutoModelForCausalLM
+    torch_dtype = dtype if dtype == "auto" else getattr(torch, dtype)
+    if device_map:
+        return auto.from_pretrained(path, dtype=torch_dtype, device_map=device_map).eval()
+    return auto.from_pretrained(path, dtype=torch_dtype).to(device).eval()
+
+
+def load_models(paths: dict[str, str], spec: ModelSpec, device: torch.device) -> LoadedModels:
+    """Every model of `paths` (role -> path) and its tokenizer."""
+    encoder_decoder = is_encoder_decoder(next(iter(paths.values())))
+    models = {role: load_model(path, spec.dtype, device, spec.device_map) for role, path in paths.items()}
+    tokenizers = {role: maybe_tokenizer(path, encoder_decoder) for role, path in paths.items()}
+    return LoadedModels(models, tokenizers, encoder_decoder)
+
+
+def new_tokens(sequences: torch.Tensor, inputs: dict, encoder_decoder: bool) -> list[torch.Tensor]:
+    """The generated part of each row: after the (padded) prompt, or after the decoder start token."""
+    start = 1 if encoder_decoder else inputs["input_ids"].shape[1]
+    return list(sequences[:, start:])
+
+
+def make_system(name: str, models: dict, thresholds: BiLDConfig | None, tokenizers: dict) -> GenerateFn:
+    """The generate function of system `name` over the loaded `models` (keyed by role).
+
+    `thresholds` are those of a BiLD system (``bild`` or ``bild-fb...``); other systems ignore them.
+    """
+    encoder_decoder = next(iter(models.values())).config.is_encoder_decoder
+    if is_bild_system(name):
+        generator = BiLDGenerator(
+            models["small"], models["large"], thresholds.fallback_threshold, thresholds.rollback_threshold,
+            thresholds.max_small_steps, small_tokenizer=tokenizers["small"], large_tokenizer=tokenizers["large"],
+        )
+
+        def generate(inputs, kwargs):
+            out = generator.generate(**inputs, **kwargs, return_dict_in_generate=True)
+            return new_tokens(out.sequences, inputs, encoder_decoder), out.stats
+
+        return generate
+    if name == "assisted":
+        return assisted(models["large"], models["small"], encoder_decoder)
+    model = models[name]
+
+    def generate(inputs, kwargs):
+        return new_tokens(model.generate(**inputs, **kwargs), inputs, encoder_decoder), None
+
+    return generate
+
+
+def assisted(large, small, encoder_decoder: bool) -> GenerateFn:
+    """transformers' assisted generation, one row at a time: it does not take batches."""
+
+    def generate(inputs, kwargs):
+        rows = []
+        for ids, mask in zip(inputs["input_ids"], inputs["attention_mask"]):
+            row = {"input_ids": ids[mask.bool()][None], "attention_mask": mask[mask.bool()][None]}
+            out = large.generate(**row, **kwargs, assistant_model=small)
+            rows.extend(new_tokens(out, row, encoder_decoder))
+        return rows, None
+
+    return generate
+
+
+def generated_length(tokens: torch.Tensor, eos_ids: set[int]) -> int:
+    """Tokens up to and including the first eos; what follows is padding."""
+    for i, token in enumerate(tokens.tolist()):
+        if token in eos_ids:
+            return i + 1
+    return len(tokens)
+
+
+def eos_token_ids(model, tokenizer) -> set[int]:
+    eos = model.generation_config.eos_token_id
+    if eos is None:
+        eos = tokenizer.eos_token_id
+    return set(eos if isinstance(eos, list) else [eos]) - {None}
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for queued device work, so that the clock measures the generation itself."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+def resolve_device(name: str, state) -> torch.device:
+    return state.device if name == "auto" else torch.device(name)
+
+
+def cpu_only(device: str) -> bool:
+    """Whether the run is CPU-only: asked for, or no accelerator present.
+
+    accelerate treats the processes of a launch as one multi-CPU run only when told it is on CPU;
+    otherwise each would believe it is alone and they would all write the same files.
+    """
+    if device != "auto":
+        return torch.device(device).type == "cpu"
+    accelerator = getattr(torch, "accelerator", None)  # torch >= 2.6
+    if accelerator is not None:
+        return not accelerator.is_available()
+    return not (torch.cuda.is_available() or torch.backends.mps.is_available())
