@@ -5,7 +5,8 @@
     python benchmarks/bench_decode.py            # tiny random models built on the fly (a smoke run)
 
 Systems: `large`, `small`, `assisted` (transformers' defaults), `assisted:N` (a constant N drafts per round),
-`bild:FB:RB[:N][:keep]` (fallback, rollback, max small steps, `keep`: keep_fallback_draft=True), optionally `+static`, `+compile`,
+`bild:FB:RB[:N][:keep|:nokeep]` (fallback, rollback, max small steps, keep_fallback_draft True / False; absent:
+the default), optionally `+static`, `+compile`,
 `+compile_small` or `+compile_large` after a BiLD setting (its fast-path variant).
 
 Prompts: JSON lines with a "prompt" field, or the translation layout of the Debian data
@@ -100,13 +101,13 @@ def sync(device):
 
 
 def parse_bild(spec: str) -> tuple[dict, dict]:
-    """'bild:FB:RB[:N][:keep][+variant]' -> BiLDGenerator threshold kwargs, fast-path kwargs."""
+    """'bild:FB:RB[:N][:keep|:nokeep][+variant]' -> BiLDGenerator threshold kwargs, fast-path kwargs."""
     spec, _, variant = spec.partition("+")
     parts = spec.split(":")[1:]
-    keep = bool(parts) and parts[-1] == "keep"
-    parts = parts[:-1] if keep else parts
+    keep = {"keep": True, "nokeep": False}.get(parts[-1]) if parts else None
+    parts = parts[:-1] if keep is not None else parts
     if not 2 <= len(parts) <= 3 or (variant and variant not in FAST_VARIANTS):
-        raise SystemExit(f"bad BiLD system {spec!r}: write bild:FB:RB[:N][:keep][+{'|'.join(FAST_VARIANTS)}]")
+        raise SystemExit(f"bad BiLD system {spec!r}: write bild:FB:RB[:N][:keep|:nokeep][+{'|'.join(FAST_VARIANTS)}]")
     thresholds = {"fallback_threshold": float(parts[0]), "rollback_threshold": float(parts[1]), "keep_fallback_draft": keep}
     if len(parts) > 2:
         thresholds["max_small_steps"] = int(parts[2])
@@ -136,7 +137,7 @@ def systems(names: list[str], small, large, max_new_tokens: int) -> dict:
             table[name] = lambda x, gen=gen: gen.generate(**x, **common, return_dict_in_generate=True,
                                                          bild_profile=True)
         else:
-            raise SystemExit(f"unknown system {name!r}: large, small, assisted, assisted:N or bild:FB:RB[:N][:keep]")
+            raise SystemExit(f"unknown system {name!r}: large, small, assisted, assisted:N or bild:FB:RB[:N][:keep|:nokeep]")
     return table
 
 

@@ -65,7 +65,8 @@ def replay(match: list[bool], probs: list[float], policy: str, threshold: float,
     (`match`) or not, with its max probability there (`probs`). Returns time and call counts.
 
     bild: a small step at the next position; below `threshold` it stops without drafting there.
-    assisted: the small step drafts its token anyway and stops after it when below `threshold`.
+    assisted / keep: the small step drafts its token anyway and stops after it when below `threshold`
+    (transformers' confidence stop, and BiLD with keep_fallback_draft, its default when lossless).
     Each round ends with one large pass over the drafts plus the token before them, which commits
     the accepted drafts and one token of its own (correction, or bonus when all were accepted).
 
@@ -85,7 +86,7 @@ def replay(match: list[bool], probs: list[float], policy: str, threshold: float,
             if policy == "bild" and not confident:
                 break
             drafted += 1
-            if (policy == "assisted" and not confident) or not match[pos + drafted - 1]:
+            if (policy in ("assisted", "keep") and not confident) or not match[pos + drafted - 1]:
                 break
         accepted = 0
         while accepted < drafted and match[pos + accepted]:
@@ -140,6 +141,7 @@ def default_policies() -> list[tuple]:
     for fb in (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9):
         for n in (3, 4, 5, 6, 8, 10, 15, 20):
             policies.append((f"bild fb={fb} n={n}", "bild", fb, n))
+            policies.append((f"bild-keep fb={fb} n={n}", "keep", fb, n))
     for n in (3, 4, 5, 6, 8, 10, 20):
         policies.append((f"assisted t=0.4 n={n}", "assisted", 0.4, n))
     return policies

@@ -25,6 +25,8 @@ _REFUSED_TYPES = {
     "cannot be verified in one pass",
     "cpmant": "its relative position bias covers only the tokens of one forward, not a cache plus several new tokens",
     "xlm": "its attention mask covers only the new tokens of a forward, so cached slots cannot be masked",
+    "fsmt": "its decoder is not causal within one forward in this transformers version (the logits at a position "
+    "change with the tokens after it), so several drafts cannot be verified in one pass",
 }
 _KV_LAYER_TYPES = {"full_attention", "sliding_attention", "chunked_attention", "dummy"}
 _RECURRENT_LAYER_TYPES = {"conv", "linear_attention", "hybrid", "hybrid_sliding"}

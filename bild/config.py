@@ -28,13 +28,15 @@ class BiLDConfig:
         (the token the paper's rule would take from the large model at that position), else replaced
         by it. The round still ends there. It costs no small-model step (that step was taken anyway)
         and one more position in the large pass; with rollback 0 the output is unchanged. False: the
-        paper's rule (the unsure token is thrown away).
+        paper's rule (the unsure token is thrown away). None (default): True with rollback 0, where it
+        is free speed, False otherwise, where it changes which tokens are committed (see
+        benchmarks/RESULTS.md for what it measured).
     """
 
     fallback_threshold: float = 0.6
     rollback_threshold: float = 2.0
     max_small_steps: int = 10
-    keep_fallback_draft: bool = False
+    keep_fallback_draft: bool | None = None
 
     def __post_init__(self):
         fb, rb, n = self.fallback_threshold, self.rollback_threshold, self.max_small_steps
@@ -51,10 +53,22 @@ class BiLDConfig:
             )
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ValueError(f"max_small_steps must be an integer >= 1, got {n!r}.")
-        if not isinstance(self.keep_fallback_draft, bool):
-            raise ValueError(f"keep_fallback_draft must be True or False, got {self.keep_fallback_draft!r}.")
+        if self.keep_fallback_draft is not None and not isinstance(self.keep_fallback_draft, bool):
+            raise ValueError(f"keep_fallback_draft must be True, False or None, got {self.keep_fallback_draft!r}.")
         object.__setattr__(self, "fallback_threshold", float(fb))
         object.__setattr__(self, "rollback_threshold", float(rb))
 
+    @property
+    def keeps_fallback_draft(self) -> bool:
+        """keep_fallback_draft resolved: None means on exactly when BiLD is lossless (rollback 0)."""
+        if self.keep_fallback_draft is None:
+            return self.rollback_threshold == 0.0
+        return self.keep_fallback_draft
+
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The fields, leaving out keep_fallback_draft at its default (so files and fingerprints of default
+        settings read as they always have)."""
+        out = asdict(self)
+        if out["keep_fallback_draft"] is None:
+            del out["keep_fallback_draft"]
+        return out

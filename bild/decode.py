@@ -94,10 +94,10 @@ def draft(small: ModelAdapter, state: Rows, choose: Chooser, processors, criteri
             stats.add("small_forward_calls", r)
             if fb:
                 stats.add("fallbacks", r)
-        kept = torch.ones_like(fell_back) if cfg.keep_fallback_draft else ~fell_back
+        kept = torch.ones_like(fell_back) if cfg.keeps_fallback_draft else ~fell_back
         keep = rows[kept]
         state.seq[keep, upto[keep]] = token[kept]
-        if cfg.keep_fallback_draft:
+        if cfg.keeps_fallback_draft:
             state.unsure[keep, upto[keep]] = fell_back[kept]
         k[keep] += 1
         for r in keep.tolist():

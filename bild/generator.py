@@ -31,7 +31,7 @@ class BiLDGenerator:
         rollback_threshold: float = BiLDConfig.rollback_threshold,
         max_small_steps: int = BiLDConfig.max_small_steps,
         *,
-        keep_fallback_draft: bool = False,
+        keep_fallback_draft: bool | None = None,
         tokenizer=None,
         small_tokenizer=None,
         large_tokenizer=None,

@@ -40,7 +40,7 @@ def bild_generate(
     fallback_threshold: float = BiLDConfig.fallback_threshold,
     rollback_threshold: float = BiLDConfig.rollback_threshold,
     max_small_steps: int = BiLDConfig.max_small_steps,
-    keep_fallback_draft: bool = BiLDConfig.keep_fallback_draft,
+    keep_fallback_draft: bool | None = BiLDConfig.keep_fallback_draft,
     bild_config: BiLDConfig | None = None,
     small_tokenizer=None,
     large_tokenizer=None,

@@ -13,9 +13,11 @@ def test_defaults_and_zero_is_kept():
     assert BiLDConfig(ALWAYS_FALLBACK).fallback_threshold == math.inf
 
 
-def test_keep_fallback_draft_defaults_to_the_papers_rule():
-    assert BiLDConfig().keep_fallback_draft is False
-    assert BiLDConfig(0.6, 0.0, 10, True).keep_fallback_draft is True
+def test_keep_fallback_draft_is_on_by_default_only_when_lossless():
+    assert BiLDConfig().keep_fallback_draft is None and BiLDConfig().keeps_fallback_draft is False
+    assert BiLDConfig(0.6, 0.0).keeps_fallback_draft is True
+    assert BiLDConfig(0.6, 0.0, 10, False).keeps_fallback_draft is False
+    assert BiLDConfig(0.6, 2.0, 10, True).keeps_fallback_draft is True
 
 
 @pytest.mark.parametrize(
@@ -29,7 +31,7 @@ def test_keep_fallback_draft_defaults_to_the_papers_rule():
         (dict(rollback_threshold=math.nan), "rollback_threshold must be a number >= 0"),
         (dict(max_small_steps=0), "max_small_steps must be an integer >= 1"),
         (dict(max_small_steps=2.5), "max_small_steps must be an integer >= 1"),
-        (dict(keep_fallback_draft=1), "keep_fallback_draft must be True or False"),
+        (dict(keep_fallback_draft=1), "keep_fallback_draft must be True, False or None"),
     ],
 )
 def test_bad_values_are_value_errors(kwargs, message):

@@ -23,37 +23,40 @@ _spec.loader.exec_module(draft_bound)
 COSTS = json.loads((ROOT / "benchmarks" / "results" / "step_costs_qwen_cpu.json").read_text())["costs_ms"]
 
 
-def replays(mode: str, fb: float, n: int) -> list[tuple[dict, object]]:
-    """(replay of lossless BiLD over teacher-forced agreement, the decoder's own stats) for six prompts."""
+def replays(mode: str, fb: float, n: int, keep: bool = False) -> list[tuple[dict, object]]:
+    """(replay of lossless BiLD over teacher-forced agreement, the decoder's own stats) for six prompts;
+    keep: BiLD keeps its fallback drafts (the replay's "keep" policy), else the paper's rule."""
     small, large = tiny_pair("qwen2", mode, seed=3)
     out_pairs = []
     for row in prompts(6, seed=5, min_len=3):
         inputs = {"input_ids": torch.tensor([row]), "attention_mask": torch.ones(1, len(row), dtype=torch.long)}
-        out = BiLDGenerator(small, large, fb, 0.0, n).generate(**inputs, max_new_tokens=20,
-                                                               return_dict_in_generate=True)
+        out = BiLDGenerator(small, large, fb, 0.0, n, keep_fallback_draft=keep).generate(
+            **inputs, max_new_tokens=20, return_dict_in_generate=True)
         target = out.sequences[0, len(row):].tolist()
         if EOS in target:
             target = target[: target.index(EOS) + 1]
         match, probs = draft_bound.along(small, row, target)
-        out_pairs.append((draft_bound.replay(match, probs, "bild", fb, n, COSTS), out.stats))
+        out_pairs.append((draft_bound.replay(match, probs, "keep" if keep else "bild", fb, n, COSTS), out.stats))
     return out_pairs
 
 
 @pytest.mark.parametrize("mode", ["agree", "disagree"])
 @pytest.mark.parametrize("fb, n", [(0.0, 10), (0.5, 4), (0.8, 3), (0.3, 1)])
-def test_replay_counts_the_calls_bild_makes(mode, fb, n):
+@pytest.mark.parametrize("keep", [False, True])
+def test_replay_counts_the_calls_bild_makes(mode, fb, n, keep):
     """Replaying lossless BiLD over teacher-forced agreement gives the decoder's rounds exactly, and at most its
     small steps (the replay stops a round at its first wrong draft; the decoder may draft on)."""
-    for replayed, stats in replays(mode, fb, n):
+    for replayed, stats in replays(mode, fb, n, keep):
         assert replayed["large_calls"] == stats.large_forward_calls[0]
         assert replayed["small_steps"] <= stats.small_forward_calls[0]
 
 
 @pytest.mark.parametrize("mode, fb, n", [("agree", 0.0, 10), ("agree", 0.5, 4), ("agree", 0.8, 3), ("agree", 0.3, 1),
                                          ("disagree", 0.3, 1)])
-def test_replay_counts_the_small_steps_exactly_where_no_draft_follows_a_wrong_one(mode, fb, n):
+@pytest.mark.parametrize("keep", [False, True])
+def test_replay_counts_the_small_steps_exactly_where_no_draft_follows_a_wrong_one(mode, fb, n, keep):
     """With one draft per round (n = 1), or hardly any wrong drafts, most replays match the decoder's small steps."""
-    exact = sum(replayed["small_steps"] == stats.small_forward_calls[0] for replayed, stats in replays(mode, fb, n))
+    exact = sum(replayed["small_steps"] == stats.small_forward_calls[0] for replayed, stats in replays(mode, fb, n, keep))
     assert exact >= 3
 
 

@@ -11,6 +11,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from bild.eval.timing import paired_bootstrap_ci
 import sacrebleu
 from rouge_score import rouge_scorer
 
@@ -88,7 +90,9 @@ def test_translation_writes_predictions_metrics_and_config(compared, de_en, deco
     assert config["settings"]["thresholds"] == {"fallback_threshold": 0.6, "rollback_threshold": 2.0,
                                                 "max_small_steps": 10}
     assert config["systems"] == ["bild", "large", "small", "assisted"]
-    assert config["timing"]["order"] == "interleaved" and result["timing"] == config["timing"]
+    assert config["timing"]["order"] == "interleaved"
+    assert {k: v for k, v in result["timing"].items() if k != "contention"} == config["timing"]
+    assert set(result["timing"]["contention"]) >= {"other_cpu_s", "shared", "load_average", "wall_s"}
     assert "--compare" in config["argv"]
 
 
@@ -137,6 +141,11 @@ def test_compare_runs_more_bild_settings_against_the_same_baselines(compared, de
         assert set(s["comparison"]) == {"large"}
         c = s["comparison"]["large"]
         assert c["speedup"] == pytest.approx(systems["large"]["total_latency_s"] / systems[name]["total_latency_s"])
+        # the paired interval over the run's own per-example latencies
+        large_s = [r["latency_s"] for r in read_jsonl(out / "predictions_large.jsonl")]
+        ours_s = [r["latency_s"] for r in read_jsonl(out / f"predictions_{name}.jsonl")]
+        assert c["speedup_ci90"] == pytest.approx(list(paired_bootstrap_ci(large_s, ours_s)))
+        assert c["speedup_ci90"][0] <= c["speedup"] <= c["speedup_ci90"][1]
         assert c["quality_delta"]["bleu"] == pytest.approx(systems[name]["quality"]["bleu"]
                                                            - systems["large"]["quality"]["bleu"])
 

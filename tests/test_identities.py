@@ -22,9 +22,10 @@ def test_rollback_zero_equals_large_greedy(arch, mode):
     small, large = _pair(arch, mode)
     inputs = batch_inputs(prompts(1, seed=1, min_len=4), arch in ENCODER_DECODER)
     expected = large.generate(**inputs, do_sample=False, max_new_tokens=MAX_NEW)
-    for fb, n in ((0.0, 10), (0.5, 4), (1.0, 1)):
-        out = BiLDGenerator(small, large, fb, 0.0, n).generate(**inputs, max_new_tokens=MAX_NEW, return_dict_in_generate=True)
-        assert torch.equal(out.sequences, expected), (fb, n)
+    for fb, n, keep in ((0.0, 10, None), (0.5, 4, None), (1.0, 1, None), (0.5, 4, False)):
+        out = BiLDGenerator(small, large, fb, 0.0, n, keep_fallback_draft=keep).generate(
+            **inputs, max_new_tokens=MAX_NEW, return_dict_in_generate=True)
+        assert torch.equal(out.sequences, expected), (fb, n, keep)
         out.stats.check()
 
 

@@ -135,6 +135,7 @@ def test_sweep_writes_a_row_per_grid_point_and_both_references(swept):
         assert len(records) == 4
         total = sum(r["latency_s"] for r in records)
         assert row["speedup"] == pytest.approx(large_total / total)
+        assert row["speedup_ci90"][0] <= row["speedup"] <= row["speedup_ci90"][1]
         assert row["quality"] == row["chrf"] and row["quality_delta"] == pytest.approx(row["chrf"] - rows[0]["chrf"])
         assert row["slower_than_large"] == (row["speedup"] < 1) and row["timed_with_large"]
         if row["system"] == "bild":

@@ -19,6 +19,7 @@ from ..config import BiLDConfig
 from .data import DataSpec, Example, load_examples
 from .prompts import PromptBuilder, PromptSpec, prompt_builder
 from .report import comparison, print_report, system_metrics
+from .timing import ContentionMonitor
 from .rundir import RunDir, atomic_write_json, fingerprint
 from .runner import TIMING, RunContext, System, run_systems
 from .systems import (BASELINES, LoadedModels, ModelSpec, bild_system_name, cpu_only, eos_token_ids, load_models,
@@ -224,26 +225,32 @@ def evaluate(spec: EvalSpec, argv: list[str], default_data: str | None = None) -
     loaded = load_models(paths, spec.models, device)
     ctx = run_context(task, loaded, spec.data, spec.prompt, spec.generation, state)
     runs = [System(s, loaded.system(s, thresholds.get(s)), run_dir) for s in systems]
+    monitor = ContentionMonitor().start()
     with state.split_between_processes(examples) as mine:
         run_systems(runs, mine, ctx, desc=",".join(systems))
+    contention = monitor.stop()
     state.wait_for_everyone()
     if not state.is_main_process:
         return None
     for system in systems:
         run_dir.merge(system, examples)
-    return finish(task, systems, examples, run_dir, settings, ctx.prompts, thresholds)
+    return finish(task, systems, examples, run_dir, settings, ctx.prompts, thresholds, contention)
 
 
 def finish(task: Task, systems: list[str], examples: list[Example], run_dir: RunDir, settings: dict,
-           prompts: PromptBuilder, bild_thresholds: dict[str, BiLDConfig]) -> dict:
-    """metrics.json from the merged predictions, and the report."""
+           prompts: PromptBuilder, bild_thresholds: dict[str, BiLDConfig], contention: dict | None = None) -> dict:
+    """metrics.json from the merged predictions, and the report.
+
+    contention: what `ContentionMonitor` saw while this invocation generated (a resumed run only
+    timed the examples it generated itself)."""
     references = [e.reference for e in examples]
-    per_system = {}
+    per_system, latencies = {}, {}
     for system in systems:
         records = run_dir.ordered(system, examples)
         if len(records) != len(examples):
             raise RuntimeError(f"{system}: {len(records)} predictions for {len(examples)} examples in {run_dir.path}.")
         per_system[system] = system_metrics(task, records, references)
+        latencies[system] = [r["latency_s"] for r in records]
     result = {
         "task": task.name,
         "examples": len(examples),
@@ -253,12 +260,13 @@ def finish(task: Task, systems: list[str], examples: list[Example], run_dir: Run
         "thresholds": settings["thresholds"],
         # As resolved for the tokenizer, where config.json has the options as given.
         "prompt": {"template": prompts.template, "prefix": prompts.prefix},
-        "timing": TIMING,
+        "timing": {**TIMING, "contention": contention},
         "systems": per_system,
-        # The --bild_fallback/--bild_rollback setting against each baseline.
-        "comparison": comparison(task, per_system),
+        # The --bild_fallback/--bild_rollback setting against each baseline, with 90% intervals.
+        "comparison": comparison(task, per_system, latencies=latencies),
         # Every BiLD setting of the run (that one included) with its thresholds and comparison.
-        "bild_settings": {name: {"thresholds": thresholds.to_dict(), "comparison": comparison(task, per_system, name)}
+        "bild_settings": {name: {"thresholds": thresholds.to_dict(),
+                                 "comparison": comparison(task, per_system, name, latencies)}
                           for name, thresholds in bild_thresholds.items()},
     }
     atomic_write_json(run_dir.path / "metrics.json", result)

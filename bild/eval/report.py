@@ -6,6 +6,7 @@ import sys
 
 from ..stats import PER_ROW, BiLDStats
 from .systems import is_bild_system
+from .timing import contention_warning, paired_bootstrap_ci
 from .tasks import Task
 
 # BiLDStats.total() fields that count whole-batch events; per-example records cannot sum them.
@@ -43,9 +44,11 @@ def system_metrics(task: Task, records: list[dict], references: list[str]) -> di
     return out
 
 
-def comparison(task: Task, systems: dict[str, dict], bild: str = "bild") -> dict:
+def comparison(task: Task, systems: dict[str, dict], bild: str = "bild",
+               latencies: dict[str, list[float]] | None = None) -> dict:
     """BiLD system `bild` against each baseline (every system that is not BiLD): speed-up (baseline
-    latency / BiLD latency) and quality difference."""
+    latency / BiLD latency) and quality difference; with `latencies` (system -> seconds per example, in
+    one order), also the speed-up's paired bootstrap 90% interval over examples (`speedup_ci90`)."""
     if bild not in systems:
         return {}
     out = {}
@@ -57,7 +60,15 @@ def comparison(task: Task, systems: dict[str, dict], bild: str = "bild") -> dict
             "speedup": base["total_latency_s"] / ours["total_latency_s"],
             "quality_delta": {k: ours["quality"][k] - base["quality"][k] for k in task.quality_keys},
         }
+        if latencies is not None:
+            out[name]["speedup_ci90"] = list(paired_bootstrap_ci(latencies[name], latencies[bild]))
     return out
+
+
+def speedup_cell(c: dict) -> str:
+    """'1.31x [1.22-1.40]': a speed-up with its 90% interval where there is one."""
+    ci = c.get("speedup_ci90")
+    return f"{c['speedup']:.2f}x" + (f" [{ci[0]:.2f}-{ci[1]:.2f}]" if ci else "")
 
 
 def fmt(value, spec: str) -> str:
@@ -97,6 +108,9 @@ def print_report(task: Task, result: dict, console=None) -> None:
     bild = {name: m["bild_stats"] for name, m in systems.items() if is_bild_system(name)}
     if bild:
         console.print(stats_table(bild))
+    warning = contention_warning(result.get("timing", {}).get("contention") or {})
+    if warning:
+        console.print(f"[bold red]{warning}[/]")
     console.print(f"Results in {result['output_dir']}")
 
 
@@ -107,12 +121,12 @@ def comparison_table(task: Task, compared: dict[str, dict]):
     table = Table(title="BiLD against each baseline")
     table.add_column("BiLD")
     table.add_column("baseline")
-    table.add_column("BiLD speedup", justify="right")
+    table.add_column("BiLD speedup [90% interval]", justify="right")
     for key in task.quality_keys:
         table.add_column(f"Δ {key}", justify="right")
     for bild, against in compared.items():
         for name, c in against.items():
-            table.add_row(bild, name, f"{c['speedup']:.2f}x",
+            table.add_row(bild, name, speedup_cell(c),
                           *(f"{c['quality_delta'][k]:+.2f}" for k in task.quality_keys))
     return table
 
