@@ -118,8 +118,9 @@ def build_parser(task: Task) -> argparse.ArgumentParser:
                    help="at most this many small-model drafts per round")
     m.add_argument("--compare", default=None,
                    help=f"comma-separated systems run on the same inputs: the baselines {','.join(BASELINES)}, and more "
-                        "BiLD settings as bild:FALLBACK:ROLLBACK[:MAX_SMALL_STEPS] (e.g. bild:0.4:5); None: large "
-                        "for the default job with no models and no data given, otherwise none")
+                        "BiLD settings as bild:FALLBACK:ROLLBACK[:MAX_SMALL_STEPS][:keep|:nokeep] (e.g. bild:0.4:5; "
+                        "keep/nokeep set keep_fallback_draft); None: large for the default job with no models and no "
+                        "data given, otherwise none")
     add_device_arguments(m, True, "cpu, cuda, cuda:1, mps, ... (auto: accelerate's choice)",
                          "model weights' dtype (auto: as stored)")
     add_data_arguments(p, task, split_help="split to evaluate (None: test, or the only file given)")

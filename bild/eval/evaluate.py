@@ -82,15 +82,18 @@ def resolve_defaults(spec: EvalSpec, default_data: str | None) -> EvalSpec:
 
 
 def parse_bild_setting(item: str, default_steps: int) -> BiLDConfig:
-    """``bild:FALLBACK:ROLLBACK[:MAX_SMALL_STEPS]`` -> its config (max_small_steps from the command line if left out)."""
+    """``bild:FALLBACK:ROLLBACK[:MAX_SMALL_STEPS][:keep|:nokeep]`` -> its config (max_small_steps from the command
+    line if left out; keep / nokeep set keep_fallback_draft, else its default)."""
     parts = item.split(":")[1:]
+    keep = {"keep": True, "nokeep": False}.get(parts[-1]) if parts else None
+    parts = parts[:-1] if keep is not None else parts
     try:
         if len(parts) not in (2, 3):
             raise ValueError("expected two or three numbers")
         steps = int(parts[2]) if len(parts) == 3 else default_steps
-        return BiLDConfig(float(parts[0]), float(parts[1]), steps)
+        return BiLDConfig(float(parts[0]), float(parts[1]), steps, keep)
     except ValueError as e:
-        raise SystemExit(f"--compare: {item!r} is not a BiLD setting bild:FALLBACK:ROLLBACK[:MAX_SMALL_STEPS], "
+        raise SystemExit(f"--compare: {item!r} is not a BiLD setting bild:FALLBACK:ROLLBACK[:MAX_SMALL_STEPS][:keep|:nokeep], "
                          f"e.g. bild:0.4:5 or bild:0.6:0:5 ({e}).") from None
 
 

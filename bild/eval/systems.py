@@ -68,7 +68,8 @@ def is_bild_system(name: str) -> bool:
 
 def bild_system_name(config: BiLDConfig) -> str:
     """The system (and file) name of a further BiLD setting, e.g. ``bild-fb0.4-rb5-n10``."""
-    return f"bild-fb{config.fallback_threshold:g}-rb{config.rollback_threshold:g}-n{config.max_small_steps}"
+    keep = {None: "", True: "-keep", False: "-nokeep"}[config.keep_fallback_draft]
+    return f"bild-fb{config.fallback_threshold:g}-rb{config.rollback_threshold:g}-n{config.max_small_steps}{keep}"
 
 
 def roles_of(system: str) -> tuple[str, ...]:
