@@ -4,8 +4,9 @@ BiLD calls the generation config's processors on a few rows at a time (rows shar
 length, or one row of a batch run row by row). Most processors read only the prefix they are
 given. Two hold the batch's encoder input ids, one row each, and pair row i of the scores with row
 i of those ids: `encoder_no_repeat_ngram_size` (Blenderbot's checkpoints ship 3) and
-`encoder_repetition_penalty`. `for_rows` gives them the selected rows' encoder ids, so that each
-row is processed with its own source, as transformers' `generate` does.
+`encoder_repetition_penalty`. A third holds one number per row: `repetition_penalty`, whose
+`prompt_ignore_length` transformers sets to each row's left padding. `for_rows` gives them the selected
+rows' part, so that each row is processed with its own source and padding, as transformers' `generate` does.
 """
 
 from __future__ import annotations
@@ -15,14 +16,18 @@ import copy
 import torch
 from transformers import LogitsProcessorList
 from transformers.generation.logits_process import (
-    EncoderNoRepeatNGramLogitsProcessor, EncoderRepetitionPenaltyLogitsProcessor,
+    EncoderNoRepeatNGramLogitsProcessor, EncoderRepetitionPenaltyLogitsProcessor, RepetitionPenaltyLogitsProcessor,
 )
+
+
+def _per_row_ignore_length(p) -> bool:
+    return isinstance(p, RepetitionPenaltyLogitsProcessor) and isinstance(p.prompt_ignore_length, torch.Tensor)
 
 
 def holds_rows(processors) -> bool:
     """Whether some processor pairs score rows with the rows of the batch it was built for."""
     return any(isinstance(p, (EncoderNoRepeatNGramLogitsProcessor, EncoderRepetitionPenaltyLogitsProcessor))
-               for p in processors or ())
+               or _per_row_ignore_length(p) for p in processors or ())
 
 
 def for_rows(processors: LogitsProcessorList, rows: torch.Tensor | list[int]) -> LogitsProcessorList:
@@ -39,5 +44,8 @@ def for_rows(processors: LogitsProcessorList, rows: torch.Tensor | list[int]) ->
         elif isinstance(p, EncoderRepetitionPenaltyLogitsProcessor):
             p = copy.copy(p)
             p.encoder_input_ids = p.encoder_input_ids[index.to(p.encoder_input_ids.device)]
+        elif _per_row_ignore_length(p):
+            p = copy.copy(p)
+            p.prompt_ignore_length = p.prompt_ignore_length[index.to(p.prompt_ignore_length.device)]
         out.append(p)
     return out

@@ -53,3 +53,14 @@ def test_batch_equals_alone_with_processors(settings):
         alone = gen.generate(**batch_inputs([row], False), max_new_tokens=16, **settings)[0]
         got = batched[i, P - len(row):]
         assert torch.equal(got[: len(alone)], alone) and (got[len(alone):] == PAD).all()
+
+
+@pytest.mark.parametrize("arch", ["qwen2", "gpt2"])
+def test_repetition_penalty_on_a_left_padded_batch_equals_large_greedy(arch):
+    """transformers 5.24 gives repetition_penalty one prompt_ignore_length per row; bild calls the processors on
+    a few rows at a time, so they must get those rows' lengths (this raised inside transformers before)."""
+    small, large = tiny_pair(arch, "disagree", seed=0)
+    inputs = batch_inputs(prompts(3, seed=1), False)
+    expected = large.generate(**inputs, do_sample=False, max_new_tokens=12, repetition_penalty=1.3)
+    got = BiLDGenerator(small, large, 0.5, 0.0, 4).generate(**inputs, max_new_tokens=12, repetition_penalty=1.3)
+    assert torch.equal(got, expected)
