@@ -53,6 +53,8 @@ def parse_args(argv=None):
     p.add_argument("--systems", default="large,small,assisted,bild:0.6:0,bild:0.6:2",
                    help="comma-separated systems (see above)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("--report_partial", metavar="PARTIAL_JSON",
+                   help="only report an interrupted run from its OUTPUT.partial.json (other options are read from it)")
     p.add_argument("--output", default="benchmarks/results/bench_decode.json",
                    help="JSON report; every 10 prompts the runs so far go to OUTPUT.partial.json, which "
                         "`bench_decode.py --report_partial OUTPUT.partial.json` turns into a report")
@@ -228,9 +230,9 @@ def report_partial(path: str, argv=None) -> dict:
 
 
 def main(argv=None):
-    if argv is None and len(sys.argv) == 3 and sys.argv[1] == "--report_partial":
-        return report_partial(sys.argv[2], sys.argv[1:])
     args = parse_args(argv)
+    if args.report_partial:
+        return report_partial(args.report_partial, argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     dtype = getattr(torch, args.dtype)

@@ -139,3 +139,22 @@ def test_metrics_table_renders_a_committed_run():
         assert f"| {name} | {system['quality']['bleu']:.2f} |" in text
     for counter in STATS_COUNTERS:
         assert f"| {counter} |" in text
+
+
+def test_bench_decode_reports_an_interrupted_run_from_its_partial_file(tmp_path):
+    import torch
+
+    bench = _load("bench_decode")
+    args = bench.parse_args(["--max_samples", "3", "--max_new_tokens", "5", "--dtype", "float32",
+                             "--systems", "large,bild:0.5:0", "--output", str(tmp_path / "x.json")])
+    small, large, tokenizer = bench.tiny_pair("cpu", torch.float32)
+    prompts, _ = bench.load_prompts(args, tokenizer, "cpu")
+    runs = bench.run_interleaved(bench.systems(args.systems.split(","), small, large, 5), prompts, "cpu")
+    partial = tmp_path / "x.partial.json"
+    partial.write_text(json.dumps({"args": vars(args), "prompts_done": 3, "contention": {"shared": False},
+                                   "runs": runs}))
+    report = bench.main(["--report_partial", str(partial)])
+    assert report["prompts"] == 3 and report["results"]["bild:0.5:0"]["identical_to_large"]
+    assert report["results"]["bild:0.5:0"]["speedup_vs_large"] == pytest.approx(
+        sum(runs["large"]["seconds"]) / sum(runs["bild:0.5:0"]["seconds"]))
+    assert (tmp_path / "x.first3.json").exists()
