@@ -82,7 +82,7 @@ def test_assisted_keeps_the_unsure_draft():
     assert assisted == {"ms": 1 + 10.5 + 2 + 11.0, "small_steps": 3, "large_calls": 2}
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=60, deadline=None, derandomize=True)
 @given(st.lists(st.tuples(st.booleans(), st.floats(0, 1)), min_size=1, max_size=60),
        st.sampled_from(["bild", "assisted"]), st.floats(0, 1), st.integers(1, 12))
 def test_oracle_bounds_every_lossless_policy(seq, policy, threshold, n):
