@@ -11,8 +11,11 @@ the default), optionally `+static`, `+compile`,
 
 Prompts: JSON lines with a "prompt" field, or the translation layout of the Debian data
 ({"translation": {"de": ..., "en": ...}}), prompted through the chat template.
-Timing: one untimed warm-up per system, then for every prompt every system once, in an order rotated from
-prompt to prompt, at batch size 1, the clock read after synchronising the device. Each speed-up is the ratio
+Sampling (--do_sample --temperature T --top_p P --seeds 0,1,2): every system samples with the same settings;
+each prompt runs once per seed (torch.manual_seed set to the same value before every system's call), BLEU is
+the mean over seeds and the intervals resample prompts (a prompt's seeds summed).
+Timing: one untimed warm-up per system, then for every prompt (and seed) every system once, in an order rotated
+from one to the next, at batch size 1, the clock read after synchronising the device. Each speed-up is the ratio
 of summed times with a paired bootstrap 90% interval over prompts; the CPU time other processes used during
 the run is recorded and a shared run is flagged. BiLD's time is split into small-model forwards, large-model
 forwards, loop overhead (the decode loop minus its forwards) and per-call setup (the call minus the loop:
@@ -52,6 +55,12 @@ def parse_args(argv=None):
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
     p.add_argument("--systems", default="large,small,assisted,bild:0.6:0,bild:0.6:2",
                    help="comma-separated systems (see above)")
+    p.add_argument("--do_sample", action="store_true",
+                   help="sample (every system with the same settings); each prompt runs once per seed")
+    p.add_argument("--temperature", type=float, default=1.0, help="with --do_sample")
+    p.add_argument("--top_p", type=float, default=1.0, help="with --do_sample")
+    p.add_argument("--top_k", type=int, default=0, help="with --do_sample (0: off, unlike transformers' 50)")
+    p.add_argument("--seeds", default="0", help="comma-separated seeds, with --do_sample: BLEU is their mean")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--report_partial", metavar="PARTIAL_JSON",
                    help="only report an interrupted run from its OUTPUT.partial.json (other options are read from it)")
@@ -116,9 +125,21 @@ def parse_bild(spec: str) -> tuple[dict, dict]:
     return thresholds, FAST_VARIANTS.get(variant, {})
 
 
-def systems(names: list[str], small, large, max_new_tokens: int) -> dict:
-    """name -> generate(inputs) for every requested system."""
-    common = dict(max_new_tokens=max_new_tokens, do_sample=False)
+def decoding_kwargs(args) -> dict:
+    """What every system gets: greedy, or sampling with the same warpers."""
+    if not args.do_sample:
+        return dict(max_new_tokens=args.max_new_tokens, do_sample=False)
+    return dict(max_new_tokens=args.max_new_tokens, do_sample=True, temperature=args.temperature, top_p=args.top_p,
+                top_k=args.top_k)
+
+
+def seeds(args) -> list[int]:
+    return [int(s) for s in args.seeds.split(",")] if getattr(args, "do_sample", False) else [0]
+
+
+def systems(names: list[str], small, large, common: dict) -> dict:
+    """name -> generate(inputs) for every requested system; `common` holds the decoding kwargs."""
+    common = dict(common)
     if large.generation_config.pad_token_id is None:
         common["pad_token_id"] = large.generation_config.eos_token_id
     table = {}
@@ -164,21 +185,24 @@ def time_one(fn, x, device) -> tuple[float, list[int], object]:
     return seconds, seq[0, x["input_ids"].shape[1]:].tolist(), getattr(out, "stats", None)
 
 
-def run_interleaved(table: dict, prompts: list, device, progress=None) -> dict:
-    """Per system: seconds and new tokens of every prompt, and BiLD's stats; systems rotated per prompt."""
+def run_interleaved(table: dict, prompts: list, device, progress=None, seed_list=(0,)) -> dict:
+    """Per system: seconds and new tokens of every (prompt, seed), prompt-major, and BiLD's stats; systems
+    rotated from one (prompt, seed) to the next, each call after torch.manual_seed of the same value."""
     names = list(table)
     for name in names:  # warm-up: one-off costs (allocations, kernel selection) are not timed
         table[name](prompts[0])
     runs = {name: {"seconds": [], "outputs": [], "stats": []} for name in names}
-    for i, x in enumerate(prompts):
-        for name in rotated(names, i):
+    units = [(i, x, seed) for i, x in enumerate(prompts) for seed in seed_list]
+    for u, (i, x, seed) in enumerate(units):
+        for name in rotated(names, u):
+            torch.manual_seed(1_000_003 * seed + i)
             seconds, tokens, stats = time_one(table[name], x, device)
             runs[name]["seconds"].append(seconds)
             runs[name]["outputs"].append(tokens)
             if stats is not None:
                 runs[name]["stats"].append({**stats.total(), "small_forward_seconds": stats.small_forward_seconds,
                                             "large_forward_seconds": stats.large_forward_seconds})
-        if progress:
+        if progress and seed == seed_list[-1]:
             progress(i, runs)
     return runs
 
@@ -203,8 +227,13 @@ def summarize(name: str, run: dict) -> dict:
     return out
 
 
-def compare(results: dict, runs: dict) -> None:
-    """speedup_vs_<baseline> and its paired 90% interval for every system against every baseline present."""
+def per_prompt(seconds: list[float], n_seeds: int) -> list[float]:
+    """A prompt's seeds summed (runs are prompt-major), so that the interval resamples prompts."""
+    return [sum(seconds[k:k + n_seeds]) for k in range(0, len(seconds), n_seeds)]
+
+
+def compare(results: dict, runs: dict, n_seeds: int = 1) -> None:
+    """speedup_vs_<baseline> and its paired 90% interval (over prompts) for every system against every baseline."""
     for base in BASELINES:
         if base not in runs:
             continue
@@ -212,7 +241,8 @@ def compare(results: dict, runs: dict) -> None:
             if name == base:
                 continue
             r[f"speedup_vs_{base}"] = results[base]["seconds"] / r["seconds"]
-            r[f"speedup_vs_{base}_ci90"] = list(paired_bootstrap_ci(runs[base]["seconds"], runs[name]["seconds"]))
+            r[f"speedup_vs_{base}_ci90"] = list(paired_bootstrap_ci(per_prompt(runs[base]["seconds"], n_seeds),
+                                                                    per_prompt(runs[name]["seconds"], n_seeds)))
 
 
 def report_partial(path: str, argv=None) -> dict:
@@ -243,7 +273,7 @@ def main(argv=None):
         small, large, tokenizer = tiny_pair(args.device, dtype)
     prompts, references = load_prompts(args, tokenizer, args.device)
     names = args.systems.split(",")
-    table = systems(names, small, large, args.max_new_tokens)
+    table = systems(names, small, large, decoding_kwargs(args))
 
     partial = Path(args.output).with_suffix(".partial.json")
     monitor = ContentionMonitor().start()
@@ -257,7 +287,7 @@ def main(argv=None):
                 n: {"seconds": r["seconds"], "outputs": r["outputs"], "stats": r["stats"]} for n, r in runs.items()}}))
 
     with torch.no_grad():
-        runs = run_interleaved(table, prompts, args.device, progress)
+        runs = run_interleaved(table, prompts, args.device, progress, seeds(args))
     contention = monitor.stop()
     report = build_report(args, runs, references, tokenizer, contention, argv)
     partial.unlink(missing_ok=True)
@@ -266,17 +296,21 @@ def main(argv=None):
 
 def build_report(args, runs: dict, references, tokenizer, contention: dict, argv=None) -> dict:
     """Tables and JSON from the per-prompt runs (of a finished run, or of a partial file)."""
-    n_prompts = len(next(iter(runs.values()))["seconds"])
+    seed_list = seeds(args)
+    n_prompts = len(next(iter(runs.values()))["seconds"]) // len(seed_list)
     references = references[:n_prompts] if references is not None else None
     results = {name: summarize(name, run) for name, run in runs.items()}
-    compare(results, runs)
+    compare(results, runs, len(seed_list))
     if references is not None:
         from bild.metrics import translation_metrics
 
         for name, r in results.items():
             texts = [tokenizer.decode(t, skip_special_tokens=True).strip() for t in runs[name]["outputs"]]
-            r["bleu"] = translation_metrics(texts, references)["bleu"]
-    if "large" in runs:
+            per_seed = [translation_metrics(texts[j::len(seed_list)], references)["bleu"] for j in range(len(seed_list))]
+            r["bleu"] = sum(per_seed) / len(per_seed)
+            if len(seed_list) > 1:
+                r["bleu_per_seed"] = dict(zip(map(str, seed_list), per_seed))
+    if "large" in runs and not getattr(args, "do_sample", False):  # sampled outputs differ from large's by design
         for name, r in results.items():
             r["examples_identical_to_large"] = sum(a == b for a, b in zip(runs[name]["outputs"], runs["large"]["outputs"]))
             r["identical_to_large"] = r["examples_identical_to_large"] == n_prompts

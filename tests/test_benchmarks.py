@@ -149,7 +149,8 @@ def test_bench_decode_reports_an_interrupted_run_from_its_partial_file(tmp_path)
                              "--systems", "large,bild:0.5:0", "--output", str(tmp_path / "x.json")])
     small, large, tokenizer = bench.tiny_pair("cpu", torch.float32)
     prompts, _ = bench.load_prompts(args, tokenizer, "cpu")
-    runs = bench.run_interleaved(bench.systems(args.systems.split(","), small, large, 5), prompts, "cpu")
+    runs = bench.run_interleaved(bench.systems(args.systems.split(","), small, large, bench.decoding_kwargs(args)),
+                                 prompts, "cpu")
     partial = tmp_path / "x.partial.json"
     partial.write_text(json.dumps({"args": vars(args), "prompts_done": 3, "contention": {"shared": False},
                                    "runs": runs}))
@@ -158,3 +159,25 @@ def test_bench_decode_reports_an_interrupted_run_from_its_partial_file(tmp_path)
     assert report["results"]["bild:0.5:0"]["speedup_vs_large"] == pytest.approx(
         sum(runs["large"]["seconds"]) / sum(runs["bild:0.5:0"]["seconds"]))
     assert (tmp_path / "x.first3.json").exists()
+
+
+def test_bench_decode_samples_every_prompt_once_per_seed_with_the_same_seed_for_every_system():
+    import torch
+
+    bench = _load("bench_decode")
+    args = bench.parse_args(["--max_samples", "3", "--max_new_tokens", "6", "--dtype", "float32", "--do_sample",
+                             "--temperature", "0.7", "--top_p", "0.9", "--seeds", "0,1"])
+    small, large, tokenizer = bench.tiny_pair("cpu", torch.float32)
+    prompts, _ = bench.load_prompts(args, tokenizer, "cpu")
+    names = ["large", "bild:inf:0"]  # ALWAYS_FALLBACK: the large model's own draws
+    table = bench.systems(names, small, large, bench.decoding_kwargs(args))
+    runs = bench.run_interleaved(table, prompts, "cpu", seed_list=bench.seeds(args))
+    assert [len(runs[n]["outputs"]) for n in names] == [6, 6]
+    assert runs["large"]["outputs"] == runs["bild:inf:0"]["outputs"]  # same seed per (prompt, seed)
+    assert runs["large"]["outputs"][0::2] != runs["large"]["outputs"][1::2]  # the seeds differ
+
+
+def test_bench_decode_interval_resamples_prompts_with_their_seeds_summed():
+    bench = _load("bench_decode")
+    assert bench.per_prompt([1.0, 2.0, 3.0, 4.0, 5.0, 6.0], 2) == [3.0, 7.0, 11.0]
+    assert bench.per_prompt([1.0, 2.0], 1) == [1.0, 2.0]
