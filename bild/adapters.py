@@ -17,6 +17,7 @@ from __future__ import annotations
 import inspect
 import time
 
+import numpy as np
 import torch
 from transformers import DynamicCache, EncoderDecoderCache, PreTrainedModel, StaticCache
 from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer, StaticLayer, StaticSlidingWindowLayer
@@ -62,7 +63,12 @@ def keep_every_slot(cache, static_length: int | None = None):
 
 
 class ModelAdapter:
-    """A model plus its KV cache and the bookkeeping that makes rollback a pointer move."""
+    """A model plus its KV cache and the bookkeeping that makes rollback a pointer move.
+
+    The bookkeeping (which sequence index each cache slot holds, what each row has seen) lives on the
+    host as numpy arrays: the decode loop knows every row's lengths there, so a forward's shapes, masks
+    and crops never wait for the device (see docs/decoding.md, "Host reads").
+    """
 
     #: Whether rows of different committed lengths can share one cache (needs explicit position ids).
     batched_rows: bool = True
@@ -90,9 +96,9 @@ class ModelAdapter:
         self.cache_kw = "cache" if "cache" in params else "past_key_values"
         self.keeps_logits = "logits_to_keep" in params
         self.cache = self._new_cache()
-        self.slot_index = torch.empty(batch_size, 0, dtype=torch.long, device=work_device)  # (B, L), -1 = none
-        self.slot_valid = torch.empty(batch_size, 0, dtype=torch.bool, device=work_device)  # (B, L)
-        self.seen = torch.zeros(batch_size, dtype=torch.long, device=work_device)  # (B,) sequence prefix in cache
+        self.slot_index = np.empty((batch_size, 0), dtype=np.int64)  # (B, L) host, -1 = none
+        self.slot_valid = np.empty((batch_size, 0), dtype=bool)  # (B, L) host
+        self.seen = np.zeros(batch_size, dtype=np.int64)  # (B,) host: sequence prefix in the cache
         self.calls = 0
         self.seconds = 0.0
         self.sync = sync  # synchronise the device around forwards when profiling
@@ -105,20 +111,19 @@ class ModelAdapter:
     def feed(
         self,
         seq: torch.Tensor,
-        seq_valid: torch.Tensor,
-        n_pad: torch.Tensor,
-        upto: torch.Tensor,
-        rows: torch.Tensor,
-        n_logits: torch.Tensor,
+        n_pad: np.ndarray,
+        upto: np.ndarray,
+        rows: np.ndarray,
+        n_logits: np.ndarray,
     ) -> torch.Tensor:
         """Run the model over seq[r, seen[r]:upto[r]] for each row in `rows` (one batched forward).
 
-        seq (B, S) token buffer; seq_valid (B, S) False at left padding; n_pad (B,) padding per row;
-        upto (B,); rows (B,) bool; n_logits (B,) how many trailing positions need logits.
+        seq (B, S) token buffer (device). Host arrays: n_pad (B,) left padding per row; upto (B,);
+        rows (B,) bool; n_logits (B,) how many trailing positions need logits.
         Returns float32 logits (B, max n_logits, V): row r's first n_logits[r] entries are the
         next-token logits after seq indices upto[r]-n_logits[r] ... upto[r]-1.
         """
-        chunk = torch.where(rows, (upto - self.seen).clamp(min=0), 0)  # (B,)
+        chunk = np.where(rows, np.maximum(upto - self.seen, 0), 0)  # (B,)
         T = int(chunk.max())
         if T == 0:
             raise RuntimeError("bild: nothing to feed; this is a bug in the decode loop.")
@@ -130,23 +135,24 @@ class ModelAdapter:
             raise RuntimeError(
                 f"bild: the static cache of {self.static_length} slots is full; use the dynamic cache for this request."
             )
-        offsets = torch.arange(T, device=seq.device)
-        index = self.seen.unsqueeze(1) + offsets  # (B, T) sequence index of each block slot
-        real = offsets < chunk.unsqueeze(1)  # (B, T)
-        index_c = index.clamp(max=seq.shape[1] - 1)
-        real = real & seq_valid.gather(1, index_c)
-        tokens = seq.gather(1, index_c)
-        positions = (index - n_pad.unsqueeze(1)).clamp(min=0)  # position ids skip left padding
+        offsets = np.arange(T)
+        index = self.seen[:, None] + offsets  # (B, T) sequence index of each block slot
+        real = (offsets < chunk[:, None]) & (index >= n_pad[:, None])  # (B, T): not a dummy, not left padding
+        index_c = np.minimum(index, seq.shape[1] - 1)
+        tokens = seq.gather(1, to_device(index_c, seq.device))
+        positions = np.maximum(index - n_pad[:, None], 0)  # position ids skip left padding
 
-        n_logits = torch.where(rows, n_logits, 1)
-        first = (chunk - n_logits).clamp(min=0)  # (B,) block offset of the first needed position
+        n_logits = np.where(rows, n_logits, 1)
+        first = np.maximum(chunk - n_logits, 0)  # (B,) block offset of the first needed position
         # A compiled step keeps every position: a varying logits_to_keep would recompile it.
-        keep = T if width else (T - int(first[rows].min()) if bool(rows.any()) else 1)
+        keep = T if width else (T - int(first[rows].min()) if rows.any() else 1)
+        holes = not self.slot_valid.all() or _has_gap(real)
+        mask = np.concatenate([self.slot_valid, real], axis=1) if holes else None
 
         start = time.perf_counter()
         if self.sync and self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
-        logits = self._forward(forward, tokens, real, positions, keep)  # (B, keep, V)
+        logits = self._forward(forward, tokens, mask, positions, keep)  # (B, keep, V)
         if self.sync and self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         self.seconds += time.perf_counter() - start
@@ -155,31 +161,33 @@ class ModelAdapter:
         logits = logits.to(self.work_device, torch.float32)
         if self.vocab_size is not None and logits.shape[-1] > self.vocab_size:
             logits = logits[..., : self.vocab_size]
-        self.slot_index = torch.cat([self.slot_index, torch.where(real, index, -1)], dim=1)
-        self.slot_valid = torch.cat([self.slot_valid, real], dim=1)
-        self.seen = torch.where(chunk > 0, upto, self.seen)
+        self.slot_index = np.concatenate([self.slot_index, np.where(real, index, -1)], axis=1)
+        self.slot_valid = np.concatenate([self.slot_valid, real], axis=1)
+        self.seen = np.where(chunk > 0, upto, self.seen)
         self._crop_tail()
 
         width = int(n_logits.max())
-        picks = first.unsqueeze(1) + torch.arange(width, device=seq.device) - (T - keep)  # (B, width)
-        picks = picks.clamp(0, keep - 1)
+        picks = first[:, None] + np.arange(width) - (T - keep)  # (B, width)
+        picks = to_device(np.clip(picks, 0, keep - 1), logits.device)
         return logits.gather(1, picks.unsqueeze(-1).expand(-1, -1, logits.shape[-1]))
 
-    def rollback_to(self, n_valid: torch.Tensor) -> None:
+    def rollback_to(self, n_valid: np.ndarray) -> None:
         """Forget every cached slot holding sequence index >= n_valid[r]; crop the all-empty tail."""
-        self.slot_valid &= self.slot_index < n_valid.unsqueeze(1)
-        self.seen = torch.minimum(self.seen, n_valid)
+        self.slot_valid &= self.slot_index < n_valid[:, None]
+        self.seen = np.minimum(self.seen, n_valid)
         self._crop_tail()
 
     def _crop_tail(self) -> None:
-        used = self.slot_valid.any(dim=0).nonzero()
-        new_len = int(used.max()) + 1 if used.numel() else 0
+        used = np.flatnonzero(self.slot_valid.any(axis=0))
+        new_len = int(used[-1]) + 1 if used.size else 0
         crop_cache(self.cache, self.slot_valid.shape[1] - new_len)
         self.slot_index = self.slot_index[:, :new_len]
         self.slot_valid = self.slot_valid[:, :new_len]
 
-    def _forward(self, forward, tokens, real, positions, keep) -> torch.Tensor:
-        """Run `forward` (the model's, or its compiled step) on one block; logits (B, keep, V)."""
+    def _forward(self, forward, tokens, mask, positions, keep) -> torch.Tensor:
+        """Run `forward` (the model's, or its compiled step) on one block; logits (B, keep, V).
+
+        mask: host (B, L + T) bool over cache slots and block tokens, or None where no slot is a hole."""
         raise NotImplementedError
 
 
@@ -187,17 +195,16 @@ class DecoderOnlyAdapter(ModelAdapter):
     """GPT-2, Llama, Qwen2, ...: rows share one cache; holes and left padding are masked and
     explicit position ids keep every row's positions what they would be alone."""
 
-    def _forward(self, forward, tokens, real, positions, keep):
+    def _forward(self, forward, tokens, mask, positions, keep):
         # Without holes (every cached slot valid, dummies only after the real tokens) the causal mask
         # alone is exact: no mask lets attention take its fast path and keeps compiled shapes fixed.
-        holes = not bool(self.slot_valid.all()) or _has_gap(real)
         kwargs = {self.cache_kw: self.cache}
         if self.keeps_logits:
             kwargs["logits_to_keep"] = keep
         out = forward(
             input_ids=tokens.to(self.device),
-            attention_mask=torch.cat([self.slot_valid, real], dim=1).to(self.device, torch.long) if holes else None,
-            position_ids=positions.to(self.device),
+            attention_mask=None if mask is None else to_device(mask, self.device).long(),
+            position_ids=to_device(positions, self.device),
             use_cache=True,
             **kwargs,
         )
@@ -232,9 +239,9 @@ class EncoderDecoderAdapter(ModelAdapter):
         return EncoderDecoderCache(keep_every_slot(DynamicCache(config=self.model.config)),
                                    keep_every_slot(DynamicCache(config=self.model.config)))
 
-    def _forward(self, forward, tokens, real, positions, keep):
+    def _forward(self, forward, tokens, mask, positions, keep):
         # Padding dummies may only trail the real tokens: the decoder has no position ids to skip holes.
-        if _has_gap(real) or not bool(self.slot_valid.all()):
+        if mask is not None:
             raise RuntimeError("bild: an encoder-decoder cache got a hole; this is a bug in the decode loop.")
         kwargs = {self.cache_kw: self.cache}
         if self.keeps_logits:
@@ -249,9 +256,14 @@ class EncoderDecoderAdapter(ModelAdapter):
         return out.logits[:, -keep:]
 
 
-def _has_gap(real: torch.Tensor) -> bool:
-    """(B, T) bool: True if some row has a real token after a dummy (a hole, not just trailing padding)."""
-    return real.shape[1] > 1 and not bool((real[:, :-1] | ~real[:, 1:]).all())
+def _has_gap(real: np.ndarray) -> bool:
+    """(B, T) host bool: True if some row has a real token after a dummy (a hole, not just trailing padding)."""
+    return real.shape[1] > 1 and not (real[:, :-1] | ~real[:, 1:]).all()
+
+
+def to_device(array: np.ndarray, device) -> torch.Tensor:
+    """A host array on `device`: a host-to-device copy, which never waits for the device."""
+    return torch.from_numpy(np.ascontiguousarray(array)).to(device, non_blocking=True)
 
 
 def encode(model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor | None):

@@ -6,6 +6,11 @@ Rows keep their own committed length; each model's adapter feeds it exactly the 
 seen. A chooser (`bild.choosers`: greedy or sampling) picks drafts and judges them; the loop is the
 same for both. See docs/decoding.md for the contract this implements.
 
+Where things live: tokens, drafts, scores and the per-row counters stay on the device; every row's
+committed length, draft count and done flag are mirrored on the host (numpy), so shapes, masks and
+crops never wait for the device. The loop reads the device once per draft step (which rows keep
+drafting) and once per round (what was committed); see docs/decoding.md, "Host reads".
+
 Shapes: B = rows, S = token buffer length, K = drafts per row (padded), V = vocabulary.
 """
 
@@ -14,16 +19,30 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from transformers import LogitsProcessorList, StoppingCriteriaList
+from transformers.generation.logits_process import (
+    EpsilonLogitsWarper, EtaLogitsWarper, InfNanRemoveLogitsProcessor, LogitNormalization, MinPLogitsWarper,
+    SuppressTokensLogitsProcessor, TemperatureLogitsWarper, TopHLogitsWarper, TopKLogitsWarper, TopPLogitsWarper,
+    TypicalLogitsWarper,
+)
+from transformers.generation.stopping_criteria import EosTokenCriteria, MaxLengthCriteria
 from transformers.utils import ModelOutput
 
-from .adapters import ModelAdapter
+from .adapters import ModelAdapter, to_device
 from .choosers import Chooser
 from .config import ALWAYS_FALLBACK, BiLDConfig
-from .policy import fallback_mask
+from .policy import fallback_mask, first_true_index
 from .row_processors import for_rows
-from .stats import BiLDStats
+from .stats import BiLDStats, RowCounters
+
+#: Processors that read only the scores, never the prefix: one call serves rows of any prefix length.
+PREFIX_FREE = (
+    TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper, MinPLogitsWarper, TypicalLogitsWarper,
+    EpsilonLogitsWarper, EtaLogitsWarper, TopHLogitsWarper, InfNanRemoveLogitsProcessor, LogitNormalization,
+    SuppressTokensLogitsProcessor,
+)
 
 
 @dataclass
@@ -36,119 +55,165 @@ class BiLDOutput(ModelOutput):
 
 @dataclass
 class Rows:
-    """The committed state of every row: one token buffer and a length pointer per row."""
+    """The committed state of every row: one token buffer on the device, lengths and flags on the host."""
 
-    seq: torch.Tensor  # (B, S) prompt (as given, padding included) + generated + pending drafts
-    seq_valid: torch.Tensor  # (B, S) False at left padding
-    n_pad: torch.Tensor  # (B,)
-    length: torch.Tensor  # (B,) committed tokens, padding included
-    done: torch.Tensor  # (B,) bool
-    unsure: torch.Tensor  # (B, S) True at kept fallback drafts (checked exactly)
-
-
-def _grouped_by_length(rows: torch.Tensor, prefix_lens: torch.Tensor):
-    """Yield (selector, length) so that rows sharing a prefix length are handled in one call."""
-    for length in prefix_lens.unique().tolist():
-        yield (prefix_lens == length).nonzero().squeeze(1), length
+    seq: torch.Tensor  # (B, S) device: prompt (as given, padding included) + generated + pending drafts
+    unsure: torch.Tensor  # (B, S) device: True at kept fallback drafts (checked exactly)
+    n_pad: np.ndarray  # (B,) host: left padding
+    length: np.ndarray  # (B,) host: committed tokens, padding included
+    done: np.ndarray  # (B,) host bool
 
 
-def process(processors: LogitsProcessorList, seq: torch.Tensor, rows: torch.Tensor, prefix_lens: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+def _grouped_by_length(prefix_lens: np.ndarray):
+    """Yield (host selector, length) so that entries sharing a prefix length are handled in one call."""
+    for length in np.unique(prefix_lens).tolist():
+        yield np.flatnonzero(prefix_lens == length), length
+
+
+def process(processors: LogitsProcessorList, seq: torch.Tensor, rows: np.ndarray, prefix_lens: np.ndarray,
+            scores: torch.Tensor) -> torch.Tensor:
     """Apply the logits processors to scores (n, V), entry i with the prefix seq[rows[i], :prefix_lens[i]]."""
     if not processors:
         return scores
+    if all(type(p) in PREFIX_FREE for p in processors):  # temperature, top-k, top-p, ...: one batched call
+        return processors(seq[to_device(rows, seq.device), : int(prefix_lens.min())], scores)
     out = torch.empty_like(scores)
-    for sel, length in _grouped_by_length(rows, prefix_lens):
-        out[sel] = for_rows(processors, rows[sel])(seq[rows[sel], :length], scores[sel])
+    for sel, length in _grouped_by_length(prefix_lens):
+        sel_d = to_device(sel, scores.device)
+        out[sel_d] = for_rows(processors, rows[sel].tolist())(seq[to_device(rows[sel], seq.device), :length], scores[sel_d])
     return out
 
 
-def stops(criteria: StoppingCriteriaList, seq: torch.Tensor, rows: torch.Tensor, prefix_lens: torch.Tensor) -> torch.Tensor:
-    """(n,) bool: whether the stopping criteria fire on seq[rows[i], :prefix_lens[i]]."""
-    out = torch.zeros(rows.shape[0], dtype=torch.bool, device=seq.device)
-    if not criteria:
+@dataclass
+class Stopping:
+    """The stopping criteria, evaluated on many (row, prefix length) pairs at once.
+
+    EOS and the length limit are tensor operations; any other criterion (stop strings, a user's own) is
+    called once per distinct prefix length, as transformers would call it after each token."""
+
+    eos: torch.Tensor | None  # token ids that end a row
+    max_length: int | None  # a prefix this long stops
+    others: StoppingCriteriaList
+
+    @classmethod
+    def of(cls, criteria: StoppingCriteriaList, device) -> "Stopping":
+        eos, max_length, others = [], None, StoppingCriteriaList()
+        for c in criteria or ():
+            if type(c) is EosTokenCriteria:
+                eos.append(c.eos_token_id.to(device).flatten())
+            elif type(c) is MaxLengthCriteria:
+                max_length = c.max_length if max_length is None else min(max_length, c.max_length)
+            else:
+                others.append(c)
+        return cls(torch.cat(eos) if eos else None, max_length, others)
+
+    def hits(self, seq: torch.Tensor, rows: np.ndarray, prefix_lens: np.ndarray) -> torch.Tensor:
+        """(n,) device bool: whether the criteria fire on seq[rows[i], :prefix_lens[i]] (host arrays)."""
+        out = torch.zeros(len(rows), dtype=torch.bool, device=seq.device)
+        if self.max_length is not None:
+            out |= to_device(prefix_lens >= self.max_length, seq.device)
+        if self.eos is not None:
+            last = seq[to_device(rows, seq.device), to_device(np.maximum(prefix_lens - 1, 0), seq.device)]
+            out |= torch.isin(last, self.eos)
+        for sel, length in _grouped_by_length(prefix_lens) if self.others else ():
+            sel_d = to_device(sel, seq.device)
+            out[sel_d] |= self.others(seq[to_device(rows[sel], seq.device), :length], None).to(seq.device)
         return out
-    for sel, length in _grouped_by_length(rows, prefix_lens):
-        out[sel] = criteria(seq[rows[sel], :length], None).to(seq.device)
-    return out
 
 
-def draft(small: ModelAdapter, state: Rows, choose: Chooser, processors, criteria, cfg: BiLDConfig, stats: BiLDStats) -> torch.Tensor:
-    """Small model drafts up to N tokens per active row into state.seq after each row's length; returns k (B,)."""
+def draft(small: ModelAdapter, state: Rows, choose: Chooser, processors, stopping: Stopping, cfg: BiLDConfig,
+          counts: RowCounters) -> np.ndarray:
+    """Small model drafts up to N tokens per active row into state.seq after each row's length; returns k (B,) host.
+
+    One host read per step: which rows fell back and which stop drafting."""
     active = ~state.done
-    k = torch.zeros_like(state.length)
+    k = np.zeros_like(state.length)
+    device = state.seq.device
     if cfg.fallback_threshold == ALWAYS_FALLBACK:
-        for r in active.nonzero().flatten().tolist():
-            stats.add("fallbacks", r)
+        counts.add("fallbacks", to_device(np.flatnonzero(active), device), 1)
         return k
-    drafting = active.clone()
-    one = torch.ones_like(k)
+    drafting = active.copy()
+    one = np.ones_like(k)
     for step in range(cfg.max_small_steps):  # every drafting row has exactly `step` drafts
         upto = state.length + k
-        logits = small.feed(state.seq, state.seq_valid, state.n_pad, upto, drafting, one)[:, 0]  # (B, V)
-        stats.batch_small_calls += 1
-        rows = drafting.nonzero().flatten()
-        scores = process(processors, state.seq, rows, upto[rows], logits[rows])
-        max_p, token = choose.propose(scores, rows, step)
+        logits = small.feed(state.seq, state.n_pad, upto, drafting, one)[:, 0]  # (B, V)
+        counts.batch_small_calls += 1
+        rows = np.flatnonzero(drafting)
+        rows_d, at = to_device(rows, device), to_device(upto[rows], device)
+        scores = process(processors, state.seq, rows, upto[rows], logits[rows_d])
+        max_p, token = choose.propose(scores, rows_d, step)
         fell_back = fallback_mask(max_p, cfg.fallback_threshold)
-        for r, fb in zip(rows.tolist(), fell_back.tolist()):
-            stats.add("small_forward_calls", r)
-            if fb:
-                stats.add("fallbacks", r)
-        kept = torch.ones_like(fell_back) if cfg.keeps_fallback_draft else ~fell_back
-        keep = rows[kept]
-        state.seq[keep, upto[keep]] = token[kept]
+        counts.add("small_forward_calls", rows_d, 1)
+        counts.add("fallbacks", rows_d, fell_back)
+        # Written for every row: a fallback token that is not kept lies past the row's drafts (scratch).
+        state.seq[rows_d, at] = token
         if cfg.keeps_fallback_draft:
-            state.unsure[keep, upto[keep]] = fell_back[kept]
-        k[keep] += 1
-        for r in keep.tolist():
-            stats.add("drafted_tokens", r)
-        finished = (k[keep] >= cfg.max_small_steps) | fell_back[kept] | stops(criteria, state.seq, keep, upto[keep] + 1)
+            state.unsure[rows_d, at] = fell_back
+            counts.add("drafted_tokens", rows_d, 1)
+        else:
+            counts.add("drafted_tokens", rows_d, ~fell_back)
+        finished = fell_back | stopping.hits(state.seq, rows, upto[rows] + 1)
+        fell_back_h, finished_h = np.array(torch.stack([fell_back, finished]).tolist())  # the step's host read
+        k[rows] += 1 if cfg.keeps_fallback_draft else ~fell_back_h
         drafting[:] = False
-        drafting[keep[~finished]] = True
-        if not bool(drafting.any()):
+        if step + 1 < cfg.max_small_steps:
+            drafting[rows[~finished_h]] = True
+        if not drafting.any():
             break
     return k
 
 
-def verify(large: ModelAdapter, state: Rows, k: torch.Tensor, choose: Chooser, processors, stats: BiLDStats):
-    """One large forward over every unseen token; returns (accepted drafts (B,), new token (B,))."""
+def verify(large: ModelAdapter, state: Rows, k: np.ndarray, choose: Chooser, processors, counts: RowCounters):
+    """One large forward over every unseen token; returns (accepted drafts (B,), new token (B,)) on the device."""
     active = ~state.done
-    logits = large.feed(state.seq, state.seq_valid, state.n_pad, state.length + k, active, k + 1)  # (B, K+1, V)
-    stats.batch_large_calls += 1
+    device = state.seq.device
+    logits = large.feed(state.seq, state.n_pad, state.length + k, active, k + 1)  # (B, K+1, V)
+    counts.batch_large_calls += 1
     width = logits.shape[1]
     scores = logits
     if processors:  # each (row, position) with its own prefix: seq[row, :length + position]
-        rows, j = torch.where((torch.arange(width, device=k.device) <= k.unsqueeze(1)) & active.unsqueeze(1))
+        rows, j = np.nonzero((np.arange(width) <= k[:, None]) & active[:, None])
+        rows_d, j_d = to_device(rows, device), to_device(j, device)
         scores = torch.full_like(logits, float("-inf"))
-        scores[rows, j] = process(processors, state.seq, rows, state.length[rows] + j, logits[rows, j])
-    draft_index = (state.length.unsqueeze(1) + torch.arange(width - 1, device=k.device)).clamp(max=state.seq.shape[1] - 1)
+        scores[rows_d, j_d] = process(processors, state.seq, rows, state.length[rows] + j, logits[rows_d, j_d])
+    draft_index = to_device(np.minimum(state.length[:, None] + np.arange(width - 1), state.seq.shape[1] - 1), device)
     drafts = state.seq.gather(1, draft_index)  # (B, K)
-    accepted, new_token = choose.judge(scores, drafts, k, active, state.unsure.gather(1, draft_index))
-    for r in active.nonzero().flatten().tolist():
-        stats.add("large_forward_calls", r)
+    accepted, new_token = choose.judge(scores, drafts, to_device(k, device), to_device(active, device),
+                                       state.unsure.gather(1, draft_index))
+    counts.add("large_forward_calls", to_device(np.flatnonzero(active), device), 1)
     return accepted, new_token
 
 
-def commit(state: Rows, k, accepted, new_token, criteria, max_length: int, stats: BiLDStats) -> None:
-    """Write accepted drafts + the large model's token, cut at the first stop; mark finished rows."""
-    for r in (~state.done).nonzero().flatten().tolist():
-        start, a, n = int(state.length[r]), int(accepted[r]), int(k[r])
-        state.seq[r, start + a] = new_token[r]
-        m = min(a + 1, max_length - start)
-        row = torch.tensor([r], device=state.seq.device)
-        for t in range(1, m + 1):
-            if bool(stops(criteria, state.seq, row, torch.tensor([start + t], device=row.device))):
-                m, state.done[r] = t, True
-                break
-        if start + m >= max_length:
-            state.done[r] = True
-        from_small = min(m, a)
-        stats.add("accepted_drafts", r, from_small)
-        if a < n:
-            stats.add("rollbacks", r)
-        if m > a:
-            stats.add("corrections" if a < n else "bonus_tokens", r)
-        state.length[r] = start + m
+def commit(state: Rows, k: np.ndarray, accepted, new_token, stopping: Stopping, max_length: int,
+           counts: RowCounters) -> np.ndarray:
+    """Write accepted drafts + the large model's token, cut at the first stop; mark finished rows.
+
+    Every candidate prefix of every row is checked at once. One host read: the new lengths, done flags
+    and accepted counts. Returns the accepted drafts per row (host)."""
+    device = state.seq.device
+    rows = np.flatnonzero(~state.done)
+    rows_d = to_device(rows, device)
+    start_h = state.length[rows]
+    start, a, n = to_device(start_h, device), accepted[rows_d], to_device(k[rows], device)
+    state.seq[rows_d, start + a] = new_token[rows_d]
+    W = int(k[rows].max()) + 1  # candidates: a accepted drafts and the large model's token, a <= k
+    t = np.arange(1, W + 1)  # candidate prefix lengths start + t
+    hit = stopping.hits(state.seq, np.repeat(rows, W), (start_h[:, None] + t).reshape(-1)).view(len(rows), W)
+    hit &= to_device(t, device) <= (a + 1).unsqueeze(1)
+    t_stop = first_true_index(hit, torch.full_like(a, W)) + 1  # W + 1: no criterion fired
+    limit = torch.minimum(a + 1, max_length - start)
+    m = torch.minimum(limit, t_stop)
+    done = (t_stop <= limit) | (start + m >= max_length)
+    counts.add("accepted_drafts", rows_d, torch.minimum(m, a))
+    counts.add("rollbacks", rows_d, a < n)
+    counts.add("corrections", rows_d, (m > a) & (a < n))
+    counts.add("bonus_tokens", rows_d, (m > a) & (a >= n))
+    length_h, done_h, accepted_h = np.array(torch.stack([start + m, done.long(), a]).tolist())  # the round's host read
+    state.length[rows] = length_h
+    state.done[rows] |= done_h.astype(bool)
+    out = np.zeros_like(state.length)
+    out[rows] = accepted_h
+    return out
 
 
 def decode(small: ModelAdapter, large: ModelAdapter, prompt, prompt_valid, processors, criteria, choose: Chooser,
@@ -163,32 +228,34 @@ def decode(small: ModelAdapter, large: ModelAdapter, prompt, prompt_valid, proce
     S = max(max_length, P) + cfg.max_small_steps + 1
     seq = torch.full((B, S), pad_token_id, dtype=torch.long, device=device)
     seq[:, :P] = prompt
-    seq_valid = torch.ones(B, S, dtype=torch.bool, device=device)
-    seq_valid[:, :P] = prompt_valid
-    state = Rows(seq, seq_valid, (~prompt_valid).sum(1), torch.full((B,), P, device=device),
-                 torch.zeros(B, dtype=torch.bool, device=device), torch.zeros(B, S, dtype=torch.bool, device=device))
+    n_pad = np.array((~prompt_valid).sum(1).tolist(), dtype=np.int64)  # left padding (checked to be left)
+    state = Rows(seq, torch.zeros(B, S, dtype=torch.bool, device=device), n_pad, np.full(B, P, dtype=np.int64),
+                 np.zeros(B, dtype=bool))
     state.done |= state.length >= max_length
-    stats = BiLDStats.zeros(B)
+    stopping = Stopping.of(criteria, device)
+    counts = RowCounters(B, device)
     if streamer is not None:
         streamer.put(prompt.cpu())
     start = time.perf_counter()
-    while not bool(state.done.all()):
-        before = state.length.clone()
-        k = draft(small, state, choose, processors, criteria, cfg, stats)
-        accepted, new_token = verify(large, state, k, choose, processors, stats)
-        commit(state, k, accepted, new_token, criteria, max_length, stats)
+    while not state.done.all():
+        before = state.length.copy()
+        k = draft(small, state, choose, processors, stopping, cfg, counts)
+        accepted, new_token = verify(large, state, k, choose, processors, counts)
+        accepted = commit(state, k, accepted, new_token, stopping, max_length, counts)
         if streamer is not None:
             streamer.put(state.seq[0, int(before[0]) : int(state.length[0])].cpu())
         # Both caches keep exactly the committed prefix they have seen: old length + accepted drafts.
         keep = before + accepted
         small.rollback_to(keep)
         large.rollback_to(keep)
-    stats.loop_seconds = time.perf_counter() - start
+    loop_seconds = time.perf_counter() - start
+    stats = counts.stats()  # the counters' one host read
+    stats.loop_seconds = loop_seconds
     if streamer is not None:
         streamer.end()
     stats.forward_seconds = small.seconds + large.seconds
     stats.small_forward_seconds, stats.large_forward_seconds = small.seconds, large.seconds
     end = int(state.length.max())
     out = state.seq[:, :end].clone()
-    out[torch.arange(end, device=device) >= state.length.unsqueeze(1)] = pad_token_id
+    out.masked_fill_(torch.arange(end, device=device) >= to_device(state.length, device).unsqueeze(1), pad_token_id)
     return out, stats

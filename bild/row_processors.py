@@ -30,16 +30,17 @@ def holds_rows(processors) -> bool:
                or _per_row_ignore_length(p) for p in processors or ())
 
 
-def for_rows(processors: LogitsProcessorList, rows: torch.Tensor | list[int]) -> LogitsProcessorList:
+def for_rows(processors: LogitsProcessorList, rows: list[int]) -> LogitsProcessorList:
     """The processors for scores of these batch rows (in this order); others are shared unchanged."""
     if not holds_rows(processors):
         return processors
-    index = torch.as_tensor(rows, dtype=torch.long).flatten()
+    rows = [int(r) for r in rows]  # host indices (a list), so that no device value is read
+    index = torch.tensor(rows, dtype=torch.long)
     out = LogitsProcessorList()
     for p in processors:
         if isinstance(p, EncoderNoRepeatNGramLogitsProcessor):
             p = copy.copy(p)
-            p.generated_ngrams = [p.generated_ngrams[i] for i in index.tolist()]
+            p.generated_ngrams = [p.generated_ngrams[i] for i in rows]
             p.batch_size = len(p.generated_ngrams)
         elif isinstance(p, EncoderRepetitionPenaltyLogitsProcessor):
             p = copy.copy(p)

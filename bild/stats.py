@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
 
+import torch
+
 PER_ROW = (
     "small_forward_calls",  # draft steps this row took part in
     "large_forward_calls",  # verification passes (= rounds) this row took part in
@@ -100,3 +102,26 @@ class BiLDStats:
             assert self.corrections[r] <= self.rollbacks[r] <= rounds, (r, "corrections <= rollbacks <= rounds")
             assert self.fallbacks[r] <= rounds, (r, "fallbacks > rounds")
             assert self.corrections[r] + self.bonus_tokens[r] <= rounds, (r, "large tokens > rounds")
+
+
+class RowCounters:
+    """The per-row counters of one generation as a device tensor (len(PER_ROW), B), so that counting
+    never reads the device; `stats()` reads them once, into a BiLDStats."""
+
+    def __init__(self, batch_size: int, device):
+        self.values = torch.zeros(len(PER_ROW), batch_size, dtype=torch.long, device=device)
+        self.batch_small_calls = 0
+        self.batch_large_calls = 0
+
+    def add(self, name: str, rows: torch.Tensor, amount) -> None:
+        """counter[name][rows] += amount: a number, or one (bool or int) tensor entry per row; rows distinct."""
+        if isinstance(amount, torch.Tensor):
+            amount = amount.to(self.values.dtype)
+        self.values[_INDEX[name], rows] += amount
+
+    def stats(self) -> BiLDStats:
+        per_row = dict(zip(PER_ROW, self.values.tolist()))
+        return BiLDStats(**per_row, batch_small_calls=self.batch_small_calls, batch_large_calls=self.batch_large_calls)
+
+
+_INDEX = {name: i for i, name in enumerate(PER_ROW)}
