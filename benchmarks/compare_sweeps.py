@@ -66,7 +66,7 @@ def compare(sweeps: dict[str, dict]) -> dict:
     references = {n: {r["system"]: r for r in s["rows"] if r["system"] != "bild"} for n, s in sweeps.items()}
     return {
         "metric": sweeps[names[0]]["metric"], "examples": sweeps[names[0]]["examples"],
-        "runs": {n: {"small": s["models"]["small"], "output_dir": s["output_dir"], "recommended": s["recommended"],
+        "runs": {n: {"small_model": s["models"]["small"], "output_dir": s["output_dir"], "recommended": s["recommended"],
                      "command": s["command"], "large_quality": references[n]["large"]["quality"],
                      "small": references[n]["small"], "frontier": [p["point"] for p in fronts[n]],
                      "points": bild_points(s)} for n, s in sweeps.items()},

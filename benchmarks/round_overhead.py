@@ -1,20 +1,25 @@
 """Per-round overhead of the decode loop (the loop minus its forwards) and host reads per round, by batch size.
 
     python benchmarks/round_overhead.py --batches 1,8,32 --output benchmarks/results/round_overhead_cpu.json
+    git worktree add /tmp/before COMMIT && python benchmarks/round_overhead.py --baseline_package /tmp/before/bild
 
 Random decoder-only pairs built in code (no download): `tiny` (the tests' proportions) and `mid` (a 2-layer
 512-wide small model, an 8-layer 1024-wide large one; real-sized widths, few layers, so CPU runs finish).
 FB 0 (never falls back), RB 0 / RB 1, N 6, 40 new tokens, greedy; the same prompts for every batch size.
 For each: seconds of the whole call, of forwards, of the loop minus forwards, rounds, draft steps and host
-reads (bild.host_reads.HostReads, counted in a second, untimed call), per round. Each setting is timed
-`--repeats` times after a warm-up, the median kept. Prints a table and writes JSON.
+reads (bild.host_reads.HostReads, counted in a separate, untimed call), per round. Each setting is timed
+`--repeats` times after a warm-up, the median kept. With --baseline_package (another checkout's `bild/`,
+imported as `bild_baseline`) both versions run on the same models, interleaved call by call in alternating
+order, and the table gives both. Prints a table and writes JSON.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -47,23 +52,42 @@ def inputs(batch, vocab):
     return {"input_ids": ids, "attention_mask": mask}
 
 
-def measure(gen, x, repeats):
-    kwargs = dict(max_new_tokens=40, return_dict_in_generate=True, bild_profile=True)  # no EOS: 40 tokens each
-    gen.generate(**x, **kwargs)  # warm-up
-    runs = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        out = gen.generate(**x, **kwargs)
-        total = time.perf_counter() - start
-        st = out.stats
-        runs.append((total, st.forward_seconds, st.loop_seconds - st.forward_seconds, st.batch_large_calls,
-                     st.batch_small_calls))
-    total, fwd, overhead, rounds, steps = (statistics.median(v) for v in zip(*runs))
-    with HostReads() as reads:
-        gen.generate(**x, **kwargs)
-    return {"seconds": total, "forward_s": fwd, "loop_overhead_s": overhead, "rounds": rounds, "draft_steps": steps,
-            "overhead_ms_per_round": 1000 * overhead / rounds, "host_reads": reads.count,
-            "host_reads_per_round": reads.count / rounds, "top_readers": reads.by_caller.most_common(6)}
+def load_package(path: str, name: str = "bild_baseline"):
+    """Another checkout's bild package, importable beside this one (its imports are relative)."""
+    spec = importlib.util.spec_from_file_location(name, Path(path) / "__init__.py", submodule_search_locations=[path])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+KWARGS = dict(max_new_tokens=40, return_dict_in_generate=True, bild_profile=True)  # no EOS: 40 tokens each
+
+
+def timed(gen, x):
+    start = time.perf_counter()
+    st = gen.generate(**x, **KWARGS).stats
+    return (time.perf_counter() - start, st.forward_seconds, st.loop_seconds - st.forward_seconds, st.batch_large_calls,
+            st.batch_small_calls)
+
+
+def measure(gens: dict, x, repeats) -> dict:
+    """version -> medians over `repeats` calls, the versions interleaved in alternating order."""
+    runs = {v: [] for v in gens}
+    for g in gens.values():
+        g.generate(**x, **KWARGS)  # warm-up
+    for i in range(repeats):
+        for v in list(gens)[:: 1 if i % 2 == 0 else -1]:
+            runs[v].append(timed(gens[v], x))
+    out = {}
+    for v, g in gens.items():
+        total, fwd, overhead, rounds, steps = (statistics.median(c) for c in zip(*runs[v]))
+        with HostReads() as reads:
+            g.generate(**x, **KWARGS)
+        out[v] = {"seconds": total, "forward_s": fwd, "loop_overhead_s": overhead, "rounds": rounds,
+                  "draft_steps": steps, "overhead_ms_per_round": 1000 * overhead / rounds, "host_reads": reads.count,
+                  "host_reads_per_round": reads.count / rounds, "top_readers": reads.by_caller.most_common(6)}
+    return out
 
 
 def main(argv=None):
@@ -73,20 +97,26 @@ def main(argv=None):
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--label", default="", help="a name for this code version (e.g. its commit)")
     p.add_argument("--output", default="benchmarks/results/round_overhead_cpu.json")
+    p.add_argument("--baseline_package", help="another checkout's bild/ folder, timed interleaved with this one")
     args = p.parse_args(argv)
+    versions = {"current": BiLDGenerator}
+    if args.baseline_package:
+        versions = {"baseline": load_package(args.baseline_package).BiLDGenerator, **versions}
     rows = []
-    print(f"{'shape':<6}{'B':>4}{'RB':>4}{'s':>8}{'fwd s':>8}{'ovh ms/round':>14}{'rounds':>8}{'steps':>7}{'reads/round':>13}")
+    print(f"{'shape':<6}{'B':>4}{'RB':>4}{'version':>10}{'s':>8}{'fwd s':>8}{'ovh ms/round':>14}{'rounds':>8}"
+          f"{'steps':>7}{'reads/round':>13}")
     with torch.no_grad():
         for shape in args.shapes.split(","):
             (hs, ls), (hl, ll), vocab = SHAPES[shape]
             small, large = build(hs, ls, vocab, 0), build(hl, ll, vocab, 1)
             for batch in map(int, args.batches.split(",")):
                 for rb in (0.0, 1.0):
-                    r = measure(BiLDGenerator(small, large, 0.0, rb, 6), inputs(batch, vocab), args.repeats)
-                    rows.append({"shape": shape, "batch": batch, "rollback": rb, **r})
-                    print(f"{shape:<6}{batch:>4}{rb:>4.0f}{r['seconds']:>8.2f}{r['forward_s']:>8.2f}"
-                          f"{r['overhead_ms_per_round']:>14.2f}{r['rounds']:>8.0f}{r['draft_steps']:>7.0f}"
-                          f"{r['host_reads_per_round']:>13.1f}", flush=True)
+                    gens = {v: cls(small, large, 0.0, rb, 6) for v, cls in versions.items()}
+                    for v, r in measure(gens, inputs(batch, vocab), args.repeats).items():
+                        rows.append({"shape": shape, "batch": batch, "rollback": rb, "version": v, **r})
+                        print(f"{shape:<6}{batch:>4}{rb:>4.0f}{v:>10}{r['seconds']:>8.2f}{r['forward_s']:>8.2f}"
+                              f"{r['overhead_ms_per_round']:>14.2f}{r['rounds']:>8.0f}{r['draft_steps']:>7.0f}"
+                              f"{r['host_reads_per_round']:>13.1f}", flush=True)
     report = {"label": args.label, "environment": environment(), "args": vars(args), "results": rows}
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(json.dumps(report, indent=2))

@@ -215,8 +215,9 @@ class EncoderDecoderAdapter(ModelAdapter):
     """T5, mT5, BART, Marian, ...: the encoder runs once; the decoder cache holds one row.
 
     Decoder positions (T5's relative bias, BART's learned positions) come from the cache length,
-    not from position ids, so rows of different lengths cannot share a cache exactly. The decode
-    loop therefore runs batches of these models row by row (`batched_rows = False`).
+    not from position ids, so rows of different lengths cannot share a cache with holes. Batches of
+    these models run row by row (`batched_rows = False`), except the T5 family, whose relative bias
+    allows RightAlignedEncoderDecoderAdapter.
     """
 
     batched_rows = False
@@ -250,6 +251,69 @@ class EncoderDecoderAdapter(ModelAdapter):
             encoder_outputs=self.encoder_outputs,
             attention_mask=self.encoder_mask,
             decoder_input_ids=tokens.to(self.device),
+            use_cache=True,
+            **kwargs,
+        )
+        return out.logits[:, -keep:]
+
+
+class RightAlignedEncoderDecoderAdapter(EncoderDecoderAdapter):
+    """T5, mT5, UMT5, LongT5: a batch of rows in one decoder cache, exactly.
+
+    These decoders see positions only through a relative bias computed from cache slots (key slot minus
+    query slot), which is shift-invariant. So rows of different lengths can share a cache if each row's
+    slots are contiguous and end at the same column: before every forward each row is shifted right over its
+    trailing empty slots (rejected drafts, a block's dummies), the empty slots on the left are masked, and
+    columns no row uses are dropped. A row then sees exactly the distances it would see alone.
+    Dynamic caches only (the static path runs these row by row).
+    """
+
+    batched_rows = True
+
+    def __init__(self, model, batch_size, work_device, vocab_size=None, *, encoder_outputs, encoder_mask, **kwargs):
+        self.encoder_outputs = encoder_outputs
+        self.encoder_mask = encoder_mask
+        ModelAdapter.__init__(self, model, batch_size, work_device, vocab_size, **kwargs)
+
+    def feed(self, seq, n_pad, upto, rows, n_logits):
+        self._right_align()
+        return super().feed(seq, n_pad, upto, rows, n_logits)
+
+    def _layers(self):
+        return [layer for layer in self.cache.self_attention_cache.layers if layer.is_initialized]
+
+    def _right_align(self) -> None:
+        L = self.slot_valid.shape[1]
+        if L == 0:
+            return
+        reversed_first = np.argmax(self.slot_valid[:, ::-1], axis=1)  # trailing empty slots (0 if none valid)
+        shift = np.where(self.slot_valid.any(axis=1), reversed_first, 0)
+        if shift.any():
+            cols = np.arange(L)
+            src = np.clip(cols[None, :] - shift[:, None], 0, L - 1)  # (B, L) the slot each slot takes
+            moved = cols[None, :] >= shift[:, None]
+            self.slot_index = np.where(moved, np.take_along_axis(self.slot_index, src, 1), -1)
+            self.slot_valid = moved & np.take_along_axis(self.slot_valid, src, 1)
+            index = to_device(src, self.device)[:, None, :, None]
+            for layer in self._layers():
+                idx = index.expand(-1, layer.keys.shape[1], -1, layer.keys.shape[3])
+                layer.keys, layer.values = layer.keys.gather(2, idx), layer.values.gather(2, idx)
+        used = np.flatnonzero(self.slot_valid.any(axis=0))
+        first = int(used[0]) if used.size else L
+        if first > 0:  # leading columns that no row uses
+            for layer in self._layers():
+                layer.keys, layer.values = layer.keys[:, :, first:], layer.values[:, :, first:]
+            self.slot_index, self.slot_valid = self.slot_index[:, first:], self.slot_valid[:, first:]
+
+    def _forward(self, forward, tokens, mask, positions, keep):
+        kwargs = {self.cache_kw: self.cache}
+        if self.keeps_logits:
+            kwargs["logits_to_keep"] = keep
+        out = forward(
+            encoder_outputs=self.encoder_outputs,
+            attention_mask=self.encoder_mask,
+            decoder_input_ids=tokens.to(self.device),
+            decoder_attention_mask=None if mask is None else to_device(mask, self.device).long(),
             use_cache=True,
             **kwargs,
         )

@@ -8,7 +8,8 @@ ids. Three things break that, and each is decided here from the model alone, bef
 - a forward without a cache argument recomputes nothing and keeps nothing: refused;
 - positions not taken from position ids (ALiBi from the key length, learned positions from the
   cache length) or an attention window counted in cache slots see the holes: such a batch runs
-  row by row (exact, not batched).
+  row by row (exact, not batched). Encoder-decoder models whose decoder has only a relative position
+  bias (the T5 family) batch with each row right-aligned in the cache instead of holes.
 """
 
 from __future__ import annotations
@@ -59,10 +60,20 @@ def sliding_window(model: PreTrainedModel) -> int | None:
     return None
 
 
+#: Encoder-decoder models whose decoder sees positions only as a relative bias over cache slots, so rows
+#: right-aligned in one cache see what they would alone (bild.adapters.RightAlignedEncoderDecoderAdapter).
+RELATIVE_POSITION_DECODERS = {"t5", "mt5", "umt5", "longt5"}
+
+
+def batches_encoder_decoder(*models: PreTrainedModel) -> bool:
+    """True if a batch of these encoder-decoder models runs as one batched decoder pass, exactly."""
+    return all(m.config.model_type in RELATIVE_POSITION_DECODERS for m in models)
+
+
 def needs_row_by_row(model: PreTrainedModel) -> bool:
     """True if rows of different committed lengths cannot share one cache exactly (see module docstring)."""
     if model.config.is_encoder_decoder:
-        return True
+        return not batches_encoder_decoder(model)
     if "position_ids" not in _forward_params(model):
         return True
     return sliding_window(model) is not None

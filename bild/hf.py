@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import torch
 from transformers import GenerationConfig, LogitsProcessorList, PreTrainedModel, StoppingCriteriaList
 
-from .adapters import DecoderOnlyAdapter, EncoderDecoderAdapter, encode
-from .architecture import needs_row_by_row
+from .adapters import DecoderOnlyAdapter, EncoderDecoderAdapter, RightAlignedEncoderDecoderAdapter, encode
+from .architecture import batches_encoder_decoder, needs_row_by_row
 from .choosers import Greedy, Sampler
 from .config import BiLDConfig
 from .decode import BiLDOutput, decode
@@ -164,7 +164,9 @@ def _decoder_only(model, small_model, vocab, input_ids, mask, fast: "FastPath", 
 
 
 def _encoder_decoder(model, small_model, vocab, input_ids, inputs_tensor, model_kwargs, fast: "FastPath", run: Run):
-    """Row by row (see EncoderDecoderAdapter); each model encodes the source once."""
+    """One batched decoder pass for the T5 family (rows right-aligned in one cache: see
+    RightAlignedEncoderDecoderAdapter), row by row otherwise (see EncoderDecoderAdapter) and on the static
+    path; each model encodes the source once."""
     if inputs_tensor is None:
         raise ValueError("Encoder-decoder BiLD needs the source tokens: call generate(input_ids=..., attention_mask=...).")
     models = {"small": small_model, "large": model}
@@ -175,6 +177,17 @@ def _encoder_decoder(model, small_model, vocab, input_ids, inputs_tensor, model_
     source_mask = model_kwargs.get("attention_mask")  # (rows, S): expanded by transformers, inputs_tensor is not
     small_enc = encode(small_model, inputs_tensor, None if source_mask is None else source_mask[::per_source])
     large_enc = model_kwargs["encoder_outputs"]  # (rows, S, H), expanded
+
+    B = input_ids.shape[0]
+    if B > 1 and fast.static_length is None and batches_encoder_decoder(model, small_model):
+        kw = dict(sync=run.profile)
+        small = RightAlignedEncoderDecoderAdapter(
+            small_model, B, device, vocab, encoder_outputs=_repeat_rows(small_enc, per_source), **kw,
+            encoder_mask=None if source_mask is None else source_mask.to(small_model.device))
+        large = RightAlignedEncoderDecoderAdapter(
+            model, B, device, None, encoder_outputs=large_enc, **kw,
+            encoder_mask=None if source_mask is None else source_mask.to(model.device))
+        return run.decode(small, large, input_ids, torch.ones_like(input_ids, dtype=torch.bool), list(range(B)))
 
     def adapter(m, role, vocab_size, encoder_outputs, mask):
         return EncoderDecoderAdapter(m, 1, device, vocab_size, sync=run.profile, **fast.options(m, role),
@@ -264,6 +277,14 @@ def _pad_token_id(config: GenerationConfig) -> int:
         if value is not None:
             return int(value)
     return 0
+
+
+def _repeat_rows(encoder_outputs, n: int):
+    """Each row of an encoder output n times (num_return_sequences), as transformers expands its own."""
+    if n == 1:
+        return encoder_outputs
+    return encoder_outputs.__class__(**{k: v.repeat_interleave(n, dim=0) if isinstance(v, torch.Tensor) else v
+                                        for k, v in encoder_outputs.items()})
 
 
 def _row(encoder_outputs, r: int):

@@ -70,8 +70,12 @@ def test_gpu_bench_logic_on_cpu(tmp_path):
     report = _load("gpu_bench").main(["--tiny", "--device", "cpu", "--dtype", "float32", "--new_tokens", "6",
                                       "--repeats", "1", "--skip", "hf_large_static_compiled,bild_fast_best,bild_fast_worst",
                                       "--mean_tokens_per_large_call", "4", "--mean_drafts_per_round", "5",
-                                      "--output", str(tmp_path / "gpu.json")])
-    results = report["results"]
+                                      "--families", "t5,qwen2", "--batches", "1,3", "--output", str(tmp_path / "gpu.json")])
+    assert [(r["family"], r["batch"]) for r in report["runs"]] == [("t5", 1), ("t5", 3), ("qwen2", 1), ("qwen2", 3)]
+    assert "hf_assisted" not in report["runs"][1]["results"]  # transformers' assisted generation: batch 1 only
+    for run in report["runs"][1::2]:  # batches: the never-rolled-back setting commits every row's tokens
+        assert run["results"]["bild_eager_best"]["stats"]["committed_tokens"] == 3 * 6
+    results = report["runs"][0]["results"]
     best, worst = results["bild_eager_best"]["stats"], results["bild_eager_worst"]["stats"]
     assert best["rollbacks"] == 0 and best["fallbacks"] == 0 and best["committed_tokens"] == 6
     assert worst["drafted_tokens"] == 0 and worst["large_forward_calls"] == 6
@@ -79,8 +83,8 @@ def test_gpu_bench_logic_on_cpu(tmp_path):
     # all-fallback step) per 4 committed tokens, against the large model's measured cost per token.
     small, worst = results["hf_small_dynamic"]["ms_per_token"], results["bild_eager_worst"]["ms_per_token"]
     per_token = (5 * small + worst) / 4
-    assert report["estimate"]["ms_per_token"] == pytest.approx(per_token)
-    assert report["estimate"]["speedup_vs_large_dynamic"] == pytest.approx(
+    assert report["runs"][0]["estimate"]["ms_per_token"] == pytest.approx(per_token)
+    assert report["runs"][0]["estimate"]["speedup_vs_large_dynamic"] == pytest.approx(
         results["hf_large_dynamic"]["ms_per_token"] / per_token)
 
 
@@ -181,3 +185,22 @@ def test_bench_decode_interval_resamples_prompts_with_their_seeds_summed():
     bench = _load("bench_decode")
     assert bench.per_prompt([1.0, 2.0, 3.0, 4.0, 5.0, 6.0], 2) == [3.0, 7.0, 11.0]
     assert bench.per_prompt([1.0, 2.0], 1) == [1.0, 2.0]
+
+
+def test_round_overhead_reports_reads_per_round_and_compares_with_a_baseline_checkout(tmp_path):
+    import bild
+
+    bench = _load("round_overhead")
+    report = bench.main(["--shapes", "tiny", "--batches", "1,2", "--repeats", "1", "--output", str(tmp_path / "r.json"),
+                         "--baseline_package", str(Path(bild.__file__).parent)])  # this checkout as its own baseline
+    rows = report["results"]
+    assert [(r["batch"], r["rollback"], r["version"]) for r in rows][:2] == [(1, 0.0, "baseline"), (1, 0.0, "current")]
+    for r in rows:
+        assert r["rounds"] > 0 and r["draft_steps"] >= r["rounds"]
+        assert r["host_reads_per_round"] == r["host_reads"] / r["rounds"]
+
+
+def test_encdec_batch_outputs_equal_the_rows_one_by_one(tmp_path):
+    report = _load("encdec_batch").main(["--batches", "3", "--new_tokens", "4", "--repeats", "1",
+                                         "--output", str(tmp_path / "e.json")])
+    assert [r["identical"] for r in report["results"]] == [True, True]

@@ -64,3 +64,17 @@ def test_repetition_penalty_on_a_left_padded_batch_equals_large_greedy(arch):
     expected = large.generate(**inputs, do_sample=False, max_new_tokens=12, repetition_penalty=1.3)
     got = BiLDGenerator(small, large, 0.5, 0.0, 4).generate(**inputs, max_new_tokens=12, repetition_penalty=1.3)
     assert torch.equal(got, expected)
+
+
+@pytest.mark.parametrize("arch", ["qwen2", "t5"])
+def test_prefix_allowed_tokens_fn_gets_each_rows_own_batch_id(arch):
+    """The user's function is called with the row's index in the request, also when bild processes a subset
+    of the rows (rows sharing a prefix length, or one row of a batch run row by row)."""
+    small, large = tiny_pair(arch, "disagree", seed=2)
+    inputs = batch_inputs(prompts(3, seed=8, min_len=2, max_len=6), arch in ENCODER_DECODER)
+    allowed = {0: list(range(3, 20)), 1: list(range(20, 40)), 2: list(range(40, 60))}
+    fn = lambda batch_id, ids: allowed[batch_id] + [2]
+    kwargs = dict(prefix_allowed_tokens_fn=fn, max_new_tokens=12)
+    expected = large.generate(**inputs, do_sample=False, **kwargs)
+    got = BiLDGenerator(small, large, 0.4, 0.0, 4).generate(**inputs, **kwargs)
+    assert torch.equal(got, expected)
