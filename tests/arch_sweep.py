@@ -324,7 +324,8 @@ def table(outcomes: list[Outcome], seconds: float, cpu_seconds: float) -> str:
         "",
         "- **exact**: token for token equal to large greedy at batch 1 and batch 3.",
         "- **row by row**: a batch runs one row at a time (exact, but the compute is not batched): encoder-decoder "
-        "models, models whose positions are not position ids (ALiBi from the key length, learned positions "
+        "models other than the T5 family (T5, mT5, UMT5, LongT5 batch with rows right-aligned in one decoder cache), "
+        "models whose positions are not position ids (ALiBi from the key length, learned positions "
         "from the cache length) and models with a sliding/local attention window.",
         "- **refused**: bild raises a `ValueError` before generating, with the reason shown.",
         "- **not testable here**: transformers itself cannot build or run the tiny model.",

@@ -72,9 +72,21 @@ def test_prefix_allowed_tokens_fn_gets_each_rows_own_batch_id(arch):
     of the rows (rows sharing a prefix length, or one row of a batch run row by row)."""
     small, large = tiny_pair(arch, "disagree", seed=2)
     inputs = batch_inputs(prompts(3, seed=8, min_len=2, max_len=6), arch in ENCODER_DECODER)
-    allowed = {0: list(range(3, 20)), 1: list(range(20, 40)), 2: list(range(40, 60))}
+    allowed = {0: list(range(3, 16)), 1: list(range(16, 30)), 2: list(range(30, 44))}
     fn = lambda batch_id, ids: allowed[batch_id] + [2]
     kwargs = dict(prefix_allowed_tokens_fn=fn, max_new_tokens=12)
     expected = large.generate(**inputs, do_sample=False, **kwargs)
     got = BiLDGenerator(small, large, 0.4, 0.0, 4).generate(**inputs, **kwargs)
     assert torch.equal(got, expected)
+
+
+def test_prefix_constrained_processor_for_a_subset_of_rows_uses_their_batch_ids():
+    from transformers import LogitsProcessorList
+    from transformers.generation.logits_process import PrefixConstrainedLogitsProcessor
+
+    from bild.row_processors import for_rows
+
+    allowed = {0: [3], 1: [4], 2: [5]}
+    processors = LogitsProcessorList([PrefixConstrainedLogitsProcessor(lambda b, ids: allowed[b], num_beams=1)])
+    scores = for_rows(processors, [2, 0])(torch.zeros(2, 3, dtype=torch.long), torch.zeros(2, 8))
+    assert scores.argmax(-1).tolist() == [5, 3] and torch.isinf(scores).sum() == 2 * 7
