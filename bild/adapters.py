@@ -223,7 +223,7 @@ class EncoderDecoderAdapter(ModelAdapter):
     batched_rows = False
 
     def __init__(self, model, batch_size, work_device, vocab_size=None, *, encoder_outputs, encoder_mask, **kwargs):
-        if batch_size != 1:
+        if batch_size != 1 and not self.batched_rows:
             raise ValueError("EncoderDecoderAdapter holds one row; split the batch first.")
         self.encoder_outputs = encoder_outputs
         self.encoder_mask = encoder_mask
@@ -241,8 +241,9 @@ class EncoderDecoderAdapter(ModelAdapter):
                                    keep_every_slot(DynamicCache(config=self.model.config)))
 
     def _forward(self, forward, tokens, mask, positions, keep):
-        # Padding dummies may only trail the real tokens: the decoder has no position ids to skip holes.
-        if mask is not None:
+        # One row: padding dummies may only trail the real tokens (the decoder has no position ids to skip
+        # holes). Right-aligned rows (the subclass) mask their empty slots.
+        if mask is not None and not self.batched_rows:
             raise RuntimeError("bild: an encoder-decoder cache got a hole; this is a bug in the decode loop.")
         kwargs = {self.cache_kw: self.cache}
         if self.keeps_logits:
@@ -251,6 +252,7 @@ class EncoderDecoderAdapter(ModelAdapter):
             encoder_outputs=self.encoder_outputs,
             attention_mask=self.encoder_mask,
             decoder_input_ids=tokens.to(self.device),
+            decoder_attention_mask=None if mask is None else to_device(mask, self.device).long(),
             use_cache=True,
             **kwargs,
         )
@@ -269,11 +271,6 @@ class RightAlignedEncoderDecoderAdapter(EncoderDecoderAdapter):
     """
 
     batched_rows = True
-
-    def __init__(self, model, batch_size, work_device, vocab_size=None, *, encoder_outputs, encoder_mask, **kwargs):
-        self.encoder_outputs = encoder_outputs
-        self.encoder_mask = encoder_mask
-        ModelAdapter.__init__(self, model, batch_size, work_device, vocab_size, **kwargs)
 
     def feed(self, seq, n_pad, upto, rows, n_logits):
         self._right_align()
@@ -304,20 +301,6 @@ class RightAlignedEncoderDecoderAdapter(EncoderDecoderAdapter):
             for layer in self._layers():
                 layer.keys, layer.values = layer.keys[:, :, first:], layer.values[:, :, first:]
             self.slot_index, self.slot_valid = self.slot_index[:, first:], self.slot_valid[:, first:]
-
-    def _forward(self, forward, tokens, mask, positions, keep):
-        kwargs = {self.cache_kw: self.cache}
-        if self.keeps_logits:
-            kwargs["logits_to_keep"] = keep
-        out = forward(
-            encoder_outputs=self.encoder_outputs,
-            attention_mask=self.encoder_mask,
-            decoder_input_ids=tokens.to(self.device),
-            decoder_attention_mask=None if mask is None else to_device(mask, self.device).long(),
-            use_cache=True,
-            **kwargs,
-        )
-        return out.logits[:, -keep:]
 
 
 def _has_gap(real: np.ndarray) -> bool:
