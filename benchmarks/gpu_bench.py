@@ -11,8 +11,8 @@ BiLD's speed on this GPU; `estimate` combines the measured step costs with accep
 elsewhere (--mean_tokens_per_large_call, --mean_drafts_per_round) and is labelled as an estimate.
 Systems: HF large greedy with the dynamic cache, HF large greedy with cache_implementation="static"
 (transformers compiles it), HF assisted generation (batch 1 only, as transformers allows), and BiLD eager
-and fast (static cache + compiled steps; batch 1: at larger batches the fast path runs T5 rows one by one
-and refuses decoder-only batches, so it is left out there). BiLD's eager T5 batch is one batched decoder
+and fast (static cache + compiled steps; for T5 at batch 1 only, since at larger batches the fast path runs
+T5 rows one by one). BiLD's eager T5 batch is one batched decoder
 pass (rows right-aligned in one cache). Prints a table per (family, batch) and writes JSON.
 """
 
@@ -134,7 +134,8 @@ def run_shape(small, large, batch: int, args) -> dict:
     }
     if batch == 1:
         systems["hf_assisted"] = lambda x: large.generate(**x, **common, assistant_model=small)
-    for fast in (False, True) if batch == 1 else (False,):
+    # At batch > 1 the fast path batches decoder-only rows; encoder-decoder rows it runs one by one (left out).
+    for fast in (False, True) if batch == 1 or not large.config.is_encoder_decoder else (False,):
         tag = "fast" if fast else "eager"
         best = BiLDGenerator(small, large, 0.0, float("inf"), n, compile=fast)
         worst = BiLDGenerator(small, large, ALWAYS_FALLBACK, 0.0, n, compile=fast)

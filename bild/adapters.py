@@ -100,6 +100,7 @@ class ModelAdapter:
         self.slot_valid = np.empty((batch_size, 0), dtype=bool)  # (B, L) host
         self.seen = np.zeros(batch_size, dtype=np.int64)  # (B,) host: sequence prefix in the cache
         self.calls = 0
+        self.compactions = 0  # static cache: times the rows' slots were moved to the front (see _compact)
         self.seconds = 0.0
         self.sync = sync  # synchronise the device around forwards when profiling
 
@@ -132,6 +133,8 @@ class ModelAdapter:
         T = width or T
         forward = self.compiled_forward if width else self.model.forward
         if self.static_length is not None and self.slot_valid.shape[1] + T > self.static_length:
+            self._compact()  # a batch's holes filled the cache: move every row's slots to the front
+        if self.static_length is not None and self.slot_valid.shape[1] + T > self.static_length:
             raise RuntimeError(
                 f"bild: the static cache of {self.static_length} slots is full; use the dynamic cache for this request."
             )
@@ -148,6 +151,8 @@ class ModelAdapter:
         keep = T if width else (T - int(first[rows].min()) if rows.any() else 1)
         holes = not self.slot_valid.all() or _has_gap(real)
         mask = np.concatenate([self.slot_valid, real], axis=1) if holes else None
+        if mask is not None and self.static_length is not None:  # one mask shape for every step: the whole cache
+            mask = np.pad(mask, ((0, 0), (0, self.static_length - mask.shape[1])))
 
         start = time.perf_counter()
         if self.sync and self.device.type == "cuda":
@@ -183,6 +188,26 @@ class ModelAdapter:
         crop_cache(self.cache, self.slot_valid.shape[1] - new_len)
         self.slot_index = self.slot_index[:, :new_len]
         self.slot_valid = self.slot_valid[:, :new_len]
+
+    def _compact(self) -> None:
+        """Static cache: move each row's valid slots to the front, in order, in place (same tensors, so compiled
+        steps and CUDA graphs keep their addresses). Exact where positions are position ids (the slots carry them),
+        which is where rows share a cache (architecture.needs_row_by_row)."""
+        counts = self.slot_valid.sum(axis=1)
+        new_len = int(counts.max())
+        order = np.argsort(~self.slot_valid, axis=1, kind="stable")[:, :new_len]  # valid columns first, in order
+        keep = np.arange(new_len)[None, :] < counts[:, None]
+        self.slot_index = np.where(keep, np.take_along_axis(self.slot_index, order, 1), -1)
+        self.slot_valid = keep
+        index = to_device(order, self.device)[:, None, :, None]
+        cache = self.cache.self_attention_cache if isinstance(self.cache, EncoderDecoderCache) else self.cache
+        for layer in cache.layers:
+            if layer.is_initialized:
+                idx = index.expand(-1, layer.keys.shape[1], -1, layer.keys.shape[3])
+                layer.keys[:, :, :new_len].copy_(layer.keys.gather(2, idx))
+                layer.values[:, :, :new_len].copy_(layer.values.gather(2, idx))
+                layer.cumulative_length.fill_(new_len)
+        self.compactions += 1
 
     def _forward(self, forward, tokens, mask, positions, keep) -> torch.Tensor:
         """Run `forward` (the model's, or its compiled step) on one block; logits (B, keep, V).

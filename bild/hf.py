@@ -66,7 +66,9 @@ def bild_generate(
         prompt, then each round's verified tokens, then `end()`. transformers does not hand its own
         `streamer=` to a custom_generate function (it only puts the prompt), hence the name.
     static_cache: preallocated KV caches (prompt + max_new_tokens + one draft window); a rollback
-        moves a write pointer instead of cropping. Batch size 1 for decoder-only models.
+        moves a write pointer instead of cropping. A decoder-only batch shares one static cache per model:
+        the slots of rejected drafts stay as masked holes, and when they fill the cache every row's slots are
+        moved to the front in place. Encoder-decoder batches run row by row on this path.
     compile: implies static_cache; the one-token draft step and the fixed-width verify step run
         through `torch.compile` ("reduce-overhead", i.e. CUDA graphs, on a GPU). Drafts shorter
         than the window are padded to max_small_steps + 1 so shapes never change. True compiles
@@ -243,11 +245,6 @@ class FastPath:
     def build(cls, static: bool, compiled: tuple[str, ...], cfg: BiLDConfig, max_length: int, input_ids, large) -> "FastPath":
         if not (static or compiled):
             return cls()
-        if not large.config.is_encoder_decoder and input_ids.shape[0] > 1:
-            raise ValueError(
-                "static_cache/compile support batch size 1 for decoder-only models (rows of a batch leave masked holes "
-                "that a fixed-size cache cannot bound). Generate rows one at a time, or use the default dynamic cache."
-            )
         window = cfg.max_small_steps + 1
         # Slots: the committed sequence, one draft window, and the padding of a fixed-width step; rounded
         # up to a multiple of 256 so prompts of different lengths share one cache shape (and compiled graph).

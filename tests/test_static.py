@@ -63,10 +63,32 @@ def test_fixed_width_steps_pad_and_drop_dummies():
     assert kept and all(valid and cached == slots for valid, cached, slots in kept), kept
 
 
-def test_static_cache_refuses_decoder_only_batches():
-    small, large = tiny_pair("gpt2", "agree")
-    with pytest.raises(ValueError, match="batch size 1 for decoder-only"):
-        BiLDGenerator(small, large, static_cache=True).generate(**batch_inputs(prompts(2), False), max_new_tokens=4)
+@pytest.mark.parametrize("arch, mode, seed", [("gpt2", "disagree", 5), ("llama", "agree", 2), ("qwen2", "agree", 2)])
+def test_static_cache_batch_equals_dynamic_and_compacts_its_holes_exactly(arch, mode, seed, monkeypatch):
+    """A decoder-only batch on one static cache per model: rejected drafts leave holes; when they fill the
+    cache every row's slots move to the front in place. Same tokens as the dynamic path and large greedy."""
+    import dataclasses
+
+    import bild.hf
+
+    small, large = tiny_pair(arch, mode, seed=seed)  # pairs whose rows leave enough holes to fill the cache
+    inputs = batch_inputs(prompts(3, seed=2, min_len=1, max_len=6), False)
+    compactions = []
+    original = DecoderOnlyAdapter._compact
+    monkeypatch.setattr(DecoderOnlyAdapter, "_compact", lambda self: (compactions.append(1), original(self))[1])
+    build = bild.hf.FastPath.build.__func__
+    # No rounding up to 256 slots: the cache holds just the longest sequence plus two draft windows, so the
+    # holes of rejected drafts fill it within a few rounds.
+    tight = lambda cls, static, compiled, cfg, max_length, *a: dataclasses.replace(
+        build(cls, static, compiled, cfg, max_length, *a), static_length=max_length + 2 * (cfg.max_small_steps + 1))
+    monkeypatch.setattr(bild.hf.FastPath, "build", classmethod(tight))
+    kwargs = dict(max_new_tokens=40, min_new_tokens=40)
+    for th in ((0.3, 1.0), (0.0, 0.0)):
+        dynamic = BiLDGenerator(small, large, *th, 6).generate(**inputs, **kwargs)
+        static = BiLDGenerator(small, large, *th, 6, static_cache=True).generate(**inputs, **kwargs)
+        assert torch.equal(static, dynamic), th
+    assert torch.equal(static, large.generate(**inputs, do_sample=False, **kwargs))
+    assert compactions
 
 
 @pytest.mark.parametrize("compile, compiled", [(True, {"small", "large"}), ("small", {"small"}), ("large", {"large"})])
@@ -94,3 +116,16 @@ def test_compile_rejects_other_values():
     small, large = tiny_pair("qwen2", "disagree", seed=2)
     with pytest.raises(ValueError, match="compile must be True, False, 'small' or 'large'"):
         BiLDGenerator(small, large, compile="both")
+
+
+def test_compiled_fixed_width_steps_on_a_batch(monkeypatch):
+    """compile=True on a decoder-only batch (torch.compile replaced by an eager stand-in): padded fixed-width
+    steps, one mask shape over the whole static cache, the dynamic path's tokens."""
+    import bild.hf
+
+    small, large = tiny_pair("qwen2", "disagree", seed=2)
+    inputs = batch_inputs(prompts(3, seed=4, min_len=1, max_len=6), False)
+    expected = BiLDGenerator(small, large, 0.4, 1.0, 4).generate(**inputs, max_new_tokens=16)
+    monkeypatch.setattr(bild.hf.torch, "compile", lambda fn, **kwargs: fn)
+    got = BiLDGenerator(small, large, 0.4, 1.0, 4, compile=True).generate(**inputs, max_new_tokens=16)
+    assert torch.equal(got, expected)
