@@ -5,9 +5,11 @@
     python benchmarks/bench_decode.py            # tiny random models built on the fly (a smoke run)
 
 Systems: `large`, `small`, `assisted` (transformers' defaults), `assisted:N` (a constant N drafts per round),
-`bild:FB:RB[:N][:keep|:nokeep]` (fallback, rollback, max small steps, keep_fallback_draft True / False; absent:
-the default), optionally `+static`, `+compile`,
-`+compile_small` or `+compile_large` after a BiLD setting (its fast-path variant).
+`bild:FB:RB[:N][:keep|:nokeep][:round]` (fallback, rollback, max small steps, keep_fallback_draft True / False;
+absent: the default; `:round`: fallback_rule="round"), optionally `+static`, `+compile`,
+`+compile_small` or `+compile_large` after a BiLD setting (its fast-path variant), and `+vocab`: the small model
+drafts from the --draft_vocab_size tokens used most in --draft_vocab_file (`bild.frequent_tokens`; with the tiny
+models, the first ids). A `+` variant is also compared with its plain setting (speed-up, identical outputs).
 
 Prompts: JSON lines with a "prompt" field, or the translation layout of the Debian data
 ({"translation": {"de": ..., "en": ...}}), prompted through the chat template.
@@ -25,6 +27,7 @@ checks, the encoder, output assembly). Prints a table and writes JSON (machine a
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import sys
@@ -61,6 +64,9 @@ def parse_args(argv=None):
     p.add_argument("--top_p", type=float, default=1.0, help="with --do_sample")
     p.add_argument("--top_k", type=int, default=0, help="with --do_sample (0: off, unlike transformers' 50)")
     p.add_argument("--seeds", default="0", help="comma-separated seeds, with --do_sample: BLEU is their mean")
+    p.add_argument("--draft_vocab_file",
+                   help="JSON lines whose targets (translation 'en', or 'summary'/'text') choose +vocab's tokens")
+    p.add_argument("--draft_vocab_size", type=int, default=16384, help="tokens a +vocab drafter scores")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--report_partial", metavar="PARTIAL_JSON",
                    help="only report an interrupted run from its OUTPUT.partial.json (other options are read from it)")
@@ -111,18 +117,41 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def parse_bild(spec: str) -> tuple[dict, dict]:
-    """'bild:FB:RB[:N][:keep|:nokeep][+variant]' -> BiLDGenerator threshold kwargs, fast-path kwargs."""
-    spec, _, variant = spec.partition("+")
+def parse_bild(spec: str, draft_vocab=None) -> tuple[dict, dict]:
+    """'bild:FB:RB[:N][:keep|:nokeep][+variant...]' -> BiLDGenerator threshold kwargs, other kwargs (fast path,
+    draft_vocab)."""
+    spec, *variants = spec.split("+")
     parts = spec.split(":")[1:]
+    rule = "round" if parts and parts[-1] == "round" else "token"
+    parts = parts[:-1] if rule == "round" else parts
     keep = {"keep": True, "nokeep": False}.get(parts[-1]) if parts else None
     parts = parts[:-1] if keep is not None else parts
-    if not 2 <= len(parts) <= 3 or (variant and variant not in FAST_VARIANTS):
-        raise SystemExit(f"bad BiLD system {spec!r}: write bild:FB:RB[:N][:keep|:nokeep][+{'|'.join(FAST_VARIANTS)}]")
-    thresholds = {"fallback_threshold": float(parts[0]), "rollback_threshold": float(parts[1]), "keep_fallback_draft": keep}
+    if not 2 <= len(parts) <= 3 or any(v not in FAST_VARIANTS and v != "vocab" for v in variants):
+        raise SystemExit(f"bad BiLD system {spec!r}: write "
+                         f"bild:FB:RB[:N][:keep|:nokeep][:round][+{'|'.join(FAST_VARIANTS)}|+vocab]")
+    thresholds = {"fallback_threshold": float(parts[0]), "rollback_threshold": float(parts[1]), "keep_fallback_draft": keep,
+                  "fallback_rule": rule}
     if len(parts) > 2:
         thresholds["max_small_steps"] = int(parts[2])
-    return thresholds, FAST_VARIANTS.get(variant, {})
+    other = {k: v for variant in variants if variant != "vocab" for k, v in FAST_VARIANTS[variant].items()}
+    if "vocab" in variants:
+        other["draft_vocab"] = draft_vocab
+    return thresholds, other
+
+
+def draft_vocab(args, tokenizer, vocab_size: int):
+    """+vocab's token ids: the most used tokens of --draft_vocab_file's targets, or the tiny models' first ids."""
+    if tokenizer is None or not args.draft_vocab_file:
+        if tokenizer is not None:
+            raise SystemExit("+vocab needs --draft_vocab_file (e.g. the task's training file)")
+        return list(range(min(args.draft_vocab_size, vocab_size)))
+    from bild import frequent_tokens
+
+    def target(row):
+        return row["translation"]["en"] if "translation" in row else row.get("summary", row.get("text"))
+
+    texts = [target(json.loads(line)) for line in open(args.draft_vocab_file) if line.strip()]
+    return frequent_tokens(tokenizer, texts, args.draft_vocab_size)
 
 
 def decoding_kwargs(args) -> dict:
@@ -137,7 +166,7 @@ def seeds(args) -> list[int]:
     return [int(s) for s in args.seeds.split(",")] if getattr(args, "do_sample", False) else [0]
 
 
-def systems(names: list[str], small, large, common: dict) -> dict:
+def systems(names: list[str], small, large, common: dict, vocab=None) -> dict:
     """name -> generate(inputs) for every requested system; `common` holds the decoding kwargs."""
     common = dict(common)
     if large.generation_config.pad_token_id is None:
@@ -153,7 +182,7 @@ def systems(names: list[str], small, large, common: dict) -> dict:
         elif name.startswith("assisted:"):
             table[name] = lambda x, n=int(name.split(":")[1]): _assisted_constant(large, small, x, n, common)
         elif name.startswith("bild:"):
-            thresholds, fast = parse_bild(name)
+            thresholds, fast = parse_bild(name, vocab() if "+vocab" in name else None)
             # No tokenizers: the pair is checked by vocabulary size only, so no call pays the Python comparison of
             # two vocabularies that checking tokenizers costs (the product does it once per generator).
             gen = BiLDGenerator(small, large, **thresholds, **fast)
@@ -273,7 +302,8 @@ def main(argv=None):
         small, large, tokenizer = tiny_pair(args.device, dtype)
     prompts, references = load_prompts(args, tokenizer, args.device)
     names = args.systems.split(",")
-    table = systems(names, small, large, decoding_kwargs(args))
+    table = systems(names, small, large, decoding_kwargs(args),
+                    vocab=functools.cache(lambda: draft_vocab(args, tokenizer, large.config.get_text_config().vocab_size)))
 
     partial = Path(args.output).with_suffix(".partial.json")
     monitor = ContentionMonitor().start()

@@ -20,6 +20,12 @@ policy's time per token, with no generation at all:
 * ``bild fb=F n=N``: BiLD's rule (draft while max probability >= F, at most N drafts, rollback 0).
 * ``assisted t=T n=N``: transformers' assisted generation with a constant draft length N and its
   confidence stop at T (it keeps the token that fell below T; its defaults are N=20, T=0.4).
+* ``cumulative fb=F n=N``: a round-level rule: draft while the product of the round's max probabilities so
+  far is >= F (the small model's own estimate that every draft of the round is accepted), keeping the draft
+  that falls below; at most N drafts.
+
+``--vectors FILE`` keeps the agreement vectors: written after they are computed, read instead of loading
+the models when the file exists (so the policies can be replayed again without the models).
 
 The model leaves out what is the same for every policy or favours the policies: prompt prefills
 (the large one is paid by all; the small one only by the drafting policies) and Python overhead.
@@ -67,6 +73,7 @@ def replay(match: list[bool], probs: list[float], policy: str, threshold: float,
     bild: a small step at the next position; below `threshold` it stops without drafting there.
     assisted / keep: the small step drafts its token anyway and stops after it when below `threshold`
     (transformers' confidence stop, and BiLD with keep_fallback_draft, its default when lossless).
+    cumulative: as keep, with the product of the round's max probabilities in place of the last one.
     Each round ends with one large pass over the drafts plus the token before them, which commits
     the accepted drafts and one token of its own (correction, or bonus when all were accepted).
 
@@ -76,17 +83,21 @@ def replay(match: list[bool], probs: list[float], policy: str, threshold: float,
     and change nothing but time, and the replay stops instead. So the replayed rounds are the real
     ones, and the replayed small steps a lower bound: predictions favour the policies.
     """
-    t, pos, small, large, ms = len(match), 0, 0, 0, 0.0
+    t, pos, small, large, ms, chain = len(match), 0, 0, 0, 0.0, 1.0
     while pos < t:
         drafted = 0
         while drafted < n and pos + drafted < t:
             small += 1
             ms += costs["small_step"]
-            confident = probs[pos + drafted] >= threshold
+            if policy == "cumulative":
+                chain = chain * probs[pos + drafted] if drafted else probs[pos]
+                confident = chain >= threshold
+            else:
+                confident = probs[pos + drafted] >= threshold
             if policy == "bild" and not confident:
                 break
             drafted += 1
-            if (policy in ("assisted", "keep") and not confident) or not match[pos + drafted - 1]:
+            if (policy in ("assisted", "keep", "cumulative") and not confident) or not match[pos + drafted - 1]:
                 break
         accepted = 0
         while accepted < drafted and match[pos + accepted]:
@@ -142,6 +153,9 @@ def default_policies() -> list[tuple]:
         for n in (3, 4, 5, 6, 8, 10, 15, 20):
             policies.append((f"bild fb={fb} n={n}", "bild", fb, n))
             policies.append((f"bild-keep fb={fb} n={n}", "keep", fb, n))
+    for fb in (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7):
+        for n in (5, 10, 20):
+            policies.append((f"cumulative fb={fb} n={n}", "cumulative", fb, n))
     for n in (3, 4, 5, 6, 8, 10, 20):
         policies.append((f"assisted t=0.4 n={n}", "assisted", 0.4, n))
     return policies
@@ -196,17 +210,7 @@ def agreement_vectors(small, large, prompts, examples, records, eos_ids: set[int
     return sequences, left_out
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--run_dir", required=True, help="example-script output folder with predictions_large.jsonl")
-    p.add_argument("--costs", required=True, help="JSON written by benchmarks/step_costs.py")
-    p.add_argument("--small", help="another small model to replay (e.g. one from `bild align`); default: the run's")
-    p.add_argument("--output", default="benchmarks/results/draft_bound.json")
-    args = p.parse_args(argv)
-    run_dir = Path(args.run_dir)
-    config, data, task, examples, records = load_run(run_dir)
-    costs = json.loads(Path(args.costs).read_text())["costs_ms"]
-    paths = dict(config["settings"]["models"], **({"small": args.small} if args.small else {}))
+def compute_vectors(config, task, data, examples, records, paths):
     dtype = config["settings"]["dtype"]
     small = load_model(paths["small"], dtype, torch.device("cpu"), None)
     large = load_model(paths["large"], dtype, torch.device("cpu"), None)
@@ -214,8 +218,28 @@ def main(argv=None):
     prompt = config["settings"]["prompt"]
     prompts = prompt_builder(task, PromptSpec(prompt["template"], prompt["source_prefix"], prompt["max_source_length"]),
                              data.columns, tokenizer, False)
-    sequences, left_out = agreement_vectors(small, large, prompts, examples, records,
-                                            eos_token_ids(large, tokenizer))
+    return agreement_vectors(small, large, prompts, examples, records, eos_token_ids(large, tokenizer))
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--run_dir", required=True, help="example-script output folder with predictions_large.jsonl")
+    p.add_argument("--costs", required=True, help="JSON written by benchmarks/step_costs.py")
+    p.add_argument("--small", help="another small model to replay (e.g. one from `bild align`); default: the run's")
+    p.add_argument("--vectors", help="JSON file of the agreement vectors: read if it exists, else written")
+    p.add_argument("--output", default="benchmarks/results/draft_bound.json")
+    args = p.parse_args(argv)
+    run_dir = Path(args.run_dir)
+    config, data, task, examples, records = load_run(run_dir)
+    costs = json.loads(Path(args.costs).read_text())["costs_ms"]
+    paths = dict(config["settings"]["models"], **({"small": args.small} if args.small else {}))
+    if args.vectors and Path(args.vectors).exists():
+        saved = json.loads(Path(args.vectors).read_text())
+        sequences, left_out = [tuple(s) for s in saved["sequences"]], saved["left_out"]
+    else:
+        sequences, left_out = compute_vectors(config, task, data, examples, records, paths)
+        if args.vectors:
+            Path(args.vectors).write_text(json.dumps({"models": paths, "left_out": left_out, "sequences": sequences}))
     tokens = sum(len(m) for m, _ in sequences)
     agree = sum(sum(m) for m, _ in sequences) / tokens
     predicted = summarize(sequences, costs, default_policies())
@@ -232,7 +256,10 @@ def main(argv=None):
     print(f"{len(sequences)} examples ({left_out} left out: not reproduced teacher-forced), {tokens} tokens; "
           f"the small model's argmax equals the large model's output at {100 * agree:.1f}% of positions")
     print(f"{'policy':<24}{'ms/token':>10}{'speedup':>10}{'tok/large':>11}")
-    for name in dict.fromkeys(("oracle", best_bild, "bild fb=0.6 n=10", "bild fb=0.4 n=5", best_assisted,
+    best_cumulative = max((k for k in predicted if k.startswith("cumulative")),
+                          key=lambda k: predicted[k]["speedup_vs_large"])
+    for name in dict.fromkeys(("oracle", best_bild, "bild-keep fb=0.6 n=10", best_cumulative, "bild fb=0.6 n=10",
+                               "bild fb=0.4 n=5", best_assisted,
                                "assisted t=0.4 n=20", "assisted t=0.4 n=5")):
         r = predicted[name]
         print(f"{name:<24}{r['ms_per_token']:>10.1f}{r['speedup_vs_large']:>9.2f}x{r['tokens_per_large_call']:>11.2f}")
@@ -242,7 +269,7 @@ def main(argv=None):
     result = {"command": " ".join(["benchmarks/draft_bound.py", *(argv if argv is not None else sys.argv[1:])]),
               "environment": environment(), "run_dir": str(run_dir), "models": paths, "examples": len(sequences),
               "left_out": left_out, "tokens": tokens, "agreement": agree, "costs_ms": costs,
-              "best_bild": best_bild, "best_assisted": best_assisted, "predicted": predicted,
+              "best_bild": best_bild, "best_cumulative": best_cumulative, "best_assisted": best_assisted, "predicted": predicted,
               "measured_speedup_vs_large": measured}
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(json.dumps(result, indent=2) + "\n")

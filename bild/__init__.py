@@ -12,10 +12,12 @@ or, inside transformers' own generate:
 
 from .config import ALWAYS_FALLBACK, BiLDConfig
 from .decode import BiLDOutput
+from .draft_vocab import frequent_tokens, restrict_draft_vocab
 from .generator import BiLDGenerator
 from .hf import bild_generate
 from .stats import BiLDStats
 
 __version__ = "0.1.0"
 
-__all__ = ["ALWAYS_FALLBACK", "BiLDConfig", "BiLDGenerator", "BiLDOutput", "BiLDStats", "bild_generate", "__version__"]
+__all__ = ["ALWAYS_FALLBACK", "BiLDConfig", "BiLDGenerator", "BiLDOutput", "BiLDStats", "bild_generate", "frequent_tokens",
+           "restrict_draft_vocab", "__version__"]

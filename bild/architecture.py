@@ -125,3 +125,21 @@ def check_architecture(model: PreTrainedModel, name: str = "large") -> None:
             "layers: indexed or compressed attention), which BiLD cannot crop back to a committed prefix exactly. "
             "Use the model's own generate."
         )
+
+
+def step_weights(model: PreTrainedModel) -> int:
+    """The weights one decoding step reads: every parameter, less an input embedding that is only looked up
+    (not shared with the output layer). For a memory-bound step this is proportional to its cost."""
+    params = {id(p): p.numel() for p in model.parameters()}
+    embedding, head = model.get_input_embeddings(), model.get_output_embeddings()
+    shared = {id(p) for p in head.parameters()} if head is not None else set()
+    if embedding is not None:
+        for p in embedding.parameters():
+            if id(p) not in shared:
+                params.pop(id(p), None)
+    return sum(params.values())
+
+
+def step_cost_ratio(small: PreTrainedModel, large: PreTrainedModel) -> float:
+    """A small-model step's cost in large-model steps, estimated from the weights each reads (`step_weights`)."""
+    return step_weights(small) / max(step_weights(large), 1)

@@ -8,6 +8,8 @@ from dataclasses import asdict, dataclass
 #: Pass as `fallback_threshold` to hand every step to the large model. `1.0` is not quite that:
 #: a float softmax can reach exactly 1.0, and `1.0 < 1.0` does not fall back.
 ALWAYS_FALLBACK = math.inf
+#: What fallback_threshold is compared with: each draft's max probability, or their product over the round.
+FALLBACK_RULES = ("token", "round")
 
 
 @dataclass(frozen=True)
@@ -31,12 +33,23 @@ class BiLDConfig:
         paper's rule (the unsure token is thrown away). None (default): True with rollback 0, where it
         is free speed, False otherwise, where it changes which tokens are committed (see
         benchmarks/RESULTS.md for what it measured).
+    fallback_rule: what is compared with fallback_threshold. "token" (default, the paper's rule): each draft's
+        max probability. "round": the product of the max probabilities of the round's drafts so far, the small
+        model's own estimate that every draft of the round survives verification; a round ends when that
+        falls below the threshold, so long rounds of fairly sure tokens end before their likely failure.
+    drafting_guard: stop drafting for a row once drafting has cost it more than it saved (True, default): after
+        a few rounds, if its large passes plus its small steps (each costed at the pair's ratio of weights
+        read per step) add up to at least its committed tokens, its later rounds are plain large-model steps.
+        So a small model that keeps falling back costs at most a few rounds. With rollback 0 the output is
+        unchanged; see `bild.policy.drafting_pays`.
     """
 
     fallback_threshold: float = 0.6
     rollback_threshold: float = 2.0
     max_small_steps: int = 10
     keep_fallback_draft: bool | None = None
+    fallback_rule: str = "token"
+    drafting_guard: bool = True
 
     def __post_init__(self):
         fb, rb, n = self.fallback_threshold, self.rollback_threshold, self.max_small_steps
@@ -55,6 +68,10 @@ class BiLDConfig:
             raise ValueError(f"max_small_steps must be an integer >= 1, got {n!r}.")
         if self.keep_fallback_draft is not None and not isinstance(self.keep_fallback_draft, bool):
             raise ValueError(f"keep_fallback_draft must be True, False or None, got {self.keep_fallback_draft!r}.")
+        if self.fallback_rule not in FALLBACK_RULES:
+            raise ValueError(f"fallback_rule must be one of {FALLBACK_RULES}, got {self.fallback_rule!r}.")
+        if not isinstance(self.drafting_guard, bool):
+            raise ValueError(f"drafting_guard must be True or False, got {self.drafting_guard!r}.")
         object.__setattr__(self, "fallback_threshold", float(fb))
         object.__setattr__(self, "rollback_threshold", float(rb))
 
@@ -66,9 +83,13 @@ class BiLDConfig:
         return self.keep_fallback_draft
 
     def to_dict(self) -> dict:
-        """The fields, leaving out keep_fallback_draft at its default (so files and fingerprints of default
-        settings read as they always have)."""
+        """The fields, leaving out keep_fallback_draft, fallback_rule and drafting_guard at their defaults (so files and
+        fingerprints of default settings read as they always have)."""
         out = asdict(self)
         if out["keep_fallback_draft"] is None:
             del out["keep_fallback_draft"]
+        if out["fallback_rule"] == "token":
+            del out["fallback_rule"]
+        if out["drafting_guard"]:
+            del out["drafting_guard"]
         return out

@@ -33,7 +33,7 @@ from transformers.utils import ModelOutput
 from .adapters import ModelAdapter, to_device
 from .choosers import Chooser
 from .config import ALWAYS_FALLBACK, BiLDConfig
-from .policy import fallback_mask, first_true_index
+from .policy import drafting_pays, fallback_mask, first_true_index
 from .row_processors import for_rows
 from .stats import BiLDStats, RowCounters
 
@@ -122,26 +122,36 @@ class Stopping:
 
 
 def draft(small: ModelAdapter, state: Rows, choose: Chooser, processors, stopping: Stopping, cfg: BiLDConfig,
-          counts: RowCounters) -> np.ndarray:
+          counts: RowCounters, allowed: np.ndarray, small_steps: np.ndarray) -> np.ndarray:
     """Small model drafts up to N tokens per active row into state.seq after each row's length; returns k (B,) host.
 
-    One host read per step: which rows fell back and which stop drafting."""
+    allowed (B,) host: rows that draft this round (the others get k = 0: a plain large-model step); small_steps
+    (B,) host: each drafting row's count is raised by its small steps. One host read per step: which rows
+    fell back and which stop drafting."""
     active = ~state.done
     k = np.zeros_like(state.length)
     device = state.seq.device
     if cfg.fallback_threshold == ALWAYS_FALLBACK:
         counts.add("fallbacks", to_device(np.flatnonzero(active), device), 1)
         return k
-    drafting = active.copy()
+    drafting = active & allowed
+    if not drafting.any():
+        return k
     one = np.ones_like(k)
+    # fallback_rule "round": the product of the round's max probabilities so far, per row (device).
+    chain = torch.ones(len(k), device=device) if cfg.fallback_rule == "round" else None
     for step in range(cfg.max_small_steps):  # every drafting row has exactly `step` drafts
         upto = state.length + k
         logits = small.feed(state.seq, state.n_pad, upto, drafting, one)[:, 0]  # (B, V)
         counts.batch_small_calls += 1
         rows = np.flatnonzero(drafting)
+        small_steps[rows] += 1
         rows_d, at = to_device(rows, device), to_device(upto[rows], device)
         scores = process(processors, state.seq, rows, upto[rows], logits[rows_d])
         max_p, token = choose.propose(scores, rows_d, step)
+        if chain is not None:
+            chain[rows_d] *= max_p.float()
+            max_p = chain[rows_d]
         fell_back = fallback_mask(max_p, cfg.fallback_threshold)
         counts.add("small_forward_calls", rows_d, 1)
         counts.add("fallbacks", rows_d, fell_back)
@@ -217,11 +227,13 @@ def commit(state: Rows, k: np.ndarray, accepted, new_token, stopping: Stopping, 
 
 
 def decode(small: ModelAdapter, large: ModelAdapter, prompt, prompt_valid, processors, criteria, choose: Chooser,
-           cfg: BiLDConfig, max_length: int, pad_token_id: int, streamer=None) -> tuple[torch.Tensor, BiLDStats]:
+           cfg: BiLDConfig, max_length: int, pad_token_id: int, streamer=None,
+           cost_ratio: float | None = None) -> tuple[torch.Tensor, BiLDStats]:
     """Generate for a batch of (left-padded) prompts (B, P); returns sequences (B, <= max_length) and stats.
 
     streamer (batch 1): gets the prompt, then each round's committed tokens once verified, then end(),
-    as transformers' own loops feed it.
+    as transformers' own loops feed it. cost_ratio: a small step's cost in large steps, for the drafting
+    guard (cfg.drafting_guard); None: every row drafts every round.
     """
     B, P = prompt.shape
     device = prompt.device
@@ -236,10 +248,14 @@ def decode(small: ModelAdapter, large: ModelAdapter, prompt, prompt_valid, proce
     counts = RowCounters(B, device)
     if streamer is not None:
         streamer.put(prompt.cpu())
+    rounds, small_steps = np.zeros(B, dtype=np.int64), np.zeros(B, dtype=np.int64)  # host, per row
+    guard = cfg.drafting_guard and cost_ratio is not None
     start = time.perf_counter()
     while not state.done.all():
         before = state.length.copy()
-        k = draft(small, state, choose, processors, stopping, cfg, counts)
+        allowed = drafting_pays(rounds, small_steps, before - P, cost_ratio) if guard else np.ones(B, dtype=bool)
+        rounds += ~state.done
+        k = draft(small, state, choose, processors, stopping, cfg, counts, allowed, small_steps)
         accepted, new_token = verify(large, state, k, choose, processors, counts)
         accepted = commit(state, k, accepted, new_token, stopping, max_length, counts)
         if streamer is not None:

@@ -8,6 +8,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, PreTrainedModel
 
 from .config import BiLDConfig
+from .draft_vocab import restrict_draft_vocab
 from .hf import bild_generate, check_streamer, compile_roles
 from .validation import check_generation_config, check_pair
 
@@ -21,6 +22,10 @@ class BiLDGenerator:
     `generate` takes what `large.generate` takes and returns what it would return (greedy, or sampling
     when the generation config says do_sample=True); with `return_dict_in_generate=True` the output also
     carries BiLD's `stats`.
+
+    draft_vocab: token ids the small model drafts from (e.g. `bild.frequent_tokens(tok, texts, 16384)`): a
+    cheaper small step; the large model still verifies every token, so exactness is unchanged (see
+    `bild.draft_vocab`). None: the whole vocabulary.
     """
 
     def __init__(
@@ -32,19 +37,25 @@ class BiLDGenerator:
         max_small_steps: int = BiLDConfig.max_small_steps,
         *,
         keep_fallback_draft: bool | None = None,
+        fallback_rule: str = BiLDConfig.fallback_rule,
+        drafting_guard: bool = BiLDConfig.drafting_guard,
         tokenizer=None,
         small_tokenizer=None,
         large_tokenizer=None,
         static_cache: bool = False,
         compile: bool | str = False,
+        draft_vocab=None,
     ):
-        self.config = BiLDConfig(fallback_threshold, rollback_threshold, max_small_steps, keep_fallback_draft)
+        self.config = BiLDConfig(fallback_threshold, rollback_threshold, max_small_steps, keep_fallback_draft,
+                                 fallback_rule, drafting_guard)
         compile_roles(compile)  # a bad value fails here, not at the first generate
         self.static_cache, self.compile = static_cache, compile
         self.small_tokenizer = small_tokenizer if small_tokenizer is not None else tokenizer
         self.large_tokenizer = large_tokenizer if large_tokenizer is not None else tokenizer
         check_pair(small, large, self.small_tokenizer, self.large_tokenizer)
         self.small, self.large = small, large
+        # What drafts: the small model itself, or a view of it scoring only draft_vocab (the small model is unchanged).
+        self.drafter = small if draft_vocab is None else restrict_draft_vocab(small, draft_vocab)
 
     @classmethod
     def from_pretrained(
@@ -61,10 +72,11 @@ class BiLDGenerator:
         large_tokenizer=None,
         static_cache: bool = False,
         compile: bool | str = False,
+        draft_vocab=None,
         **kwargs,
     ) -> "BiLDGenerator":
         """Load both models (hub names or local folders); the remaining kwargs (dtype, device_map, ...) go to both
-        `from_pretrained` calls. BiLD's own keywords (tokenizers, static_cache, compile) are BiLDGenerator's, as
+        `from_pretrained` calls. BiLD's own keywords (tokenizers, static_cache, compile, draft_vocab) are BiLDGenerator's, as
         in its constructor; a tokenizer given for a model is used instead of loading that model's."""
         given = (small_tokenizer if small_tokenizer is not None else tokenizer,
                  large_tokenizer if large_tokenizer is not None else tokenizer)
@@ -77,6 +89,7 @@ class BiLDGenerator:
         return cls(
             models[0], models[1], fallback_threshold, rollback_threshold, max_small_steps,
             small_tokenizer=tokenizers[0], large_tokenizer=tokenizers[1], static_cache=static_cache, compile=compile,
+            draft_vocab=draft_vocab,
         )
 
     @property
@@ -115,7 +128,7 @@ class BiLDGenerator:
             attention_mask=attention_mask,
             generation_config=generation_config,
             custom_generate=bild_generate,
-            small_model=self.small,
+            small_model=self.drafter,
             bild_config=self.config,
             small_tokenizer=self.small_tokenizer,
             large_tokenizer=self.large_tokenizer,

@@ -15,7 +15,7 @@ import torch
 from transformers import GenerationConfig, LogitsProcessorList, PreTrainedModel, StoppingCriteriaList
 
 from .adapters import DecoderOnlyAdapter, EncoderDecoderAdapter, RightAlignedEncoderDecoderAdapter, encode
-from .architecture import batches_encoder_decoder, needs_row_by_row
+from .architecture import batches_encoder_decoder, needs_row_by_row, step_cost_ratio
 from .choosers import Greedy, Sampler
 from .config import BiLDConfig
 from .decode import BiLDOutput, decode
@@ -41,6 +41,8 @@ def bild_generate(
     rollback_threshold: float = BiLDConfig.rollback_threshold,
     max_small_steps: int = BiLDConfig.max_small_steps,
     keep_fallback_draft: bool | None = BiLDConfig.keep_fallback_draft,
+    fallback_rule: str = BiLDConfig.fallback_rule,
+    drafting_guard: bool = BiLDConfig.drafting_guard,
     bild_config: BiLDConfig | None = None,
     small_tokenizer=None,
     large_tokenizer=None,
@@ -76,7 +78,7 @@ def bild_generate(
     bild_profile: synchronise the device around each forward so stats.forward_seconds is exact.
     """
     cfg = bild_config if bild_config is not None else BiLDConfig(fallback_threshold, rollback_threshold, max_small_steps,
-                                                                 keep_fallback_draft)
+                                                                 keep_fallback_draft, fallback_rule, drafting_guard)
     generation_config = generation_config if generation_config is not None else model.generation_config
     vocab = check_request(model, small_model, input_ids, generation_config, small_tokenizer, large_tokenizer,
                           bild_streamer, model_kwargs)
@@ -86,6 +88,7 @@ def bild_generate(
         criteria=stopping_criteria if stopping_criteria is not None else StoppingCriteriaList(),
         cfg=cfg, max_length=generation_config.max_length, pad=_pad_token_id(generation_config),
         sampling=bool(generation_config.do_sample), generator=generator, streamer=bild_streamer, profile=bild_profile,
+        cost_ratio=step_cost_ratio(small_model, model) if cfg.drafting_guard else None,
     )
     if model.config.is_encoder_decoder:
         sequences, stats = _encoder_decoder(model, small_model, vocab, input_ids, inputs_tensor, model_kwargs, fast, run)
@@ -133,6 +136,8 @@ class Run:
     generator: torch.Generator | None
     streamer: object
     profile: bool
+    cost_ratio: float | None = None  # a small step in large steps, for the drafting guard
+
 
     def decode(self, small, large, prompt, prompt_valid, rows: list[int]):
         """Decode `prompt`, rows `rows` of the request (row-wise processors get those rows' state)."""
@@ -140,7 +145,7 @@ class Run:
         choose = Sampler(self.cfg.rollback_threshold, B, self.cfg.max_small_steps, self.generator) if self.sampling \
             else Greedy(self.cfg.rollback_threshold)
         return decode(small, large, prompt, prompt_valid, for_rows(self.processors, rows), self.criteria, choose,
-                      self.cfg, self.max_length, self.pad, self.streamer)
+                      self.cfg, self.max_length, self.pad, self.streamer, self.cost_ratio)
 
 
 def _decoder_only(model, small_model, vocab, input_ids, mask, fast: "FastPath", run: Run):

@@ -5,7 +5,11 @@ Shapes: B = rows, K = drafts per row (padded), V = vocabulary.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
+
+#: Rounds a row drafts before the drafting guard judges it (see `drafting_pays`).
+GUARD_ROUNDS = 4
 
 
 def max_prob_and_argmax(scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -84,3 +88,17 @@ def residual_distribution(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
 def rollback_thresholds(exact: torch.Tensor, threshold: float) -> torch.Tensor:
     """(B, K) rollback threshold of each draft: 0 where it must be judged exactly, else `threshold`."""
     return torch.where(exact, 0.0, threshold)
+
+
+def drafting_pays(rounds: np.ndarray, small_steps: np.ndarray, committed: np.ndarray, cost_ratio: float,
+                  min_rounds: int = GUARD_ROUNDS) -> np.ndarray:
+    """(B,) host: whether each row keeps drafting (the drafting guard).
+
+    Counted in large-model steps: a row's rounds cost one large pass each and its small steps `cost_ratio`
+    each; the large model alone would have taken one step per committed token. Once a row has had
+    `min_rounds` rounds and drafting has cost it at least that (rounds + cost_ratio * small_steps >=
+    committed), it stops drafting: its later rounds are plain large-model steps, which keep the difference
+    as it is, so the decision holds for the rest of the call. Counts, not clocks: the same inputs give the
+    same decisions on every machine.
+    """
+    return (rounds < min_rounds) | (rounds + cost_ratio * small_steps < committed)

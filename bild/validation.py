@@ -13,6 +13,8 @@ from .architecture import check_architecture
 
 def output_vocab_size(model: PreTrainedModel) -> int:
     head = model.get_output_embeddings()
+    if isinstance(getattr(head, "out_features", None), int):  # nn.Linear, or a draft_vocab SubsetHead
+        return head.out_features
     if head is not None and getattr(head, "weight", None) is not None:
         return head.weight.shape[0]
     return model.config.get_text_config().vocab_size

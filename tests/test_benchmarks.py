@@ -66,6 +66,17 @@ def test_bench_decode_fast_path_variants_match_the_eager_path(tmp_path):
         _load("bench_decode").parse_bild("bild:0.6")
 
 
+def test_bench_decode_vocab_variant_drafts_from_part_of_the_vocabulary(tmp_path):
+    bench = _load("bench_decode")
+    thresholds, other = bench.parse_bild("bild:0.6:0+vocab+static", draft_vocab=[1, 2, 3])
+    assert thresholds["rollback_threshold"] == 0.0 and other == {"static_cache": True, "draft_vocab": [1, 2, 3]}
+    report = bench.main(["--max_samples", "2", "--max_new_tokens", "8", "--dtype", "float32", "--draft_vocab_size",
+                         "64", "--systems", "large,bild:0.3:0,bild:0.3:0+vocab", "--output", str(tmp_path / "b.json")])
+    results = report["results"]
+    # Lossless either way, although the 64-token drafter (of 2048) cannot write most of the large model's tokens.
+    assert results["bild:0.3:0+vocab"]["identical_to_large"] and results["bild:0.3:0+vocab"]["identical_to_eager"]
+
+
 def test_gpu_bench_logic_on_cpu(tmp_path):
     report = _load("gpu_bench").main(["--tiny", "--device", "cpu", "--dtype", "float32", "--new_tokens", "6",
                                       "--repeats", "1", "--skip", "hf_large_static_compiled,bild_fast_best,bild_fast_worst",

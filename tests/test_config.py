@@ -13,6 +13,11 @@ def test_defaults_and_zero_is_kept():
     assert BiLDConfig(ALWAYS_FALLBACK).fallback_threshold == math.inf
 
 
+def test_fallback_rule_is_left_out_of_files_at_its_default():
+    assert "fallback_rule" not in BiLDConfig().to_dict()
+    assert BiLDConfig(fallback_rule="round").to_dict()["fallback_rule"] == "round"
+
+
 def test_keep_fallback_draft_is_on_by_default_only_when_lossless():
     assert BiLDConfig().keep_fallback_draft is None and BiLDConfig().keeps_fallback_draft is False
     assert BiLDConfig(0.6, 0.0).keeps_fallback_draft is True
@@ -32,6 +37,7 @@ def test_keep_fallback_draft_is_on_by_default_only_when_lossless():
         (dict(max_small_steps=0), "max_small_steps must be an integer >= 1"),
         (dict(max_small_steps=2.5), "max_small_steps must be an integer >= 1"),
         (dict(keep_fallback_draft=1), "keep_fallback_draft must be True, False or None"),
+        (dict(fallback_rule="auto"), "fallback_rule must be one of"),
     ],
 )
 def test_bad_values_are_value_errors(kwargs, message):

@@ -23,20 +23,23 @@ _spec.loader.exec_module(draft_bound)
 COSTS = json.loads((ROOT / "benchmarks" / "results" / "step_costs_qwen_cpu.json").read_text())["costs_ms"]
 
 
-def replays(mode: str, fb: float, n: int, keep: bool = False) -> list[tuple[dict, object]]:
+def replays(mode: str, fb: float, n: int, keep: bool = False, rule: str = "token") -> list[tuple[dict, object]]:
     """(replay of lossless BiLD over teacher-forced agreement, the decoder's own stats) for six prompts;
-    keep: BiLD keeps its fallback drafts (the replay's "keep" policy), else the paper's rule."""
+    keep: BiLD keeps its fallback drafts (the replay's "keep" policy), else the paper's rule; rule "round":
+    fallback_rule="round" with kept drafts (the replay's "cumulative" policy)."""
     small, large = tiny_pair("qwen2", mode, seed=3)
+    policy = "cumulative" if rule == "round" else "keep" if keep else "bild"
     out_pairs = []
     for row in prompts(6, seed=5, min_len=3):
         inputs = {"input_ids": torch.tensor([row]), "attention_mask": torch.ones(1, len(row), dtype=torch.long)}
-        out = BiLDGenerator(small, large, fb, 0.0, n, keep_fallback_draft=keep).generate(
+        out = BiLDGenerator(small, large, fb, 0.0, n, keep_fallback_draft=keep, fallback_rule=rule,
+                            drafting_guard=False).generate(
             **inputs, max_new_tokens=20, return_dict_in_generate=True)
         target = out.sequences[0, len(row):].tolist()
         if EOS in target:
             target = target[: target.index(EOS) + 1]
         match, probs = draft_bound.along(small, row, target)
-        out_pairs.append((draft_bound.replay(match, probs, "keep" if keep else "bild", fb, n, COSTS), out.stats))
+        out_pairs.append((draft_bound.replay(match, probs, policy, fb, n, COSTS), out.stats))
     return out_pairs
 
 
@@ -49,6 +52,17 @@ def test_replay_counts_the_calls_bild_makes(mode, fb, n, keep):
     for replayed, stats in replays(mode, fb, n, keep):
         assert replayed["large_calls"] == stats.large_forward_calls[0]
         assert replayed["small_steps"] <= stats.small_forward_calls[0]
+
+
+@pytest.mark.parametrize("mode", ["agree", "disagree"])
+@pytest.mark.parametrize("fb, n", [(0.2, 10), (0.5, 4), (0.05, 6)])
+def test_replay_counts_the_calls_of_the_round_rule(mode, fb, n):
+    """fallback_rule="round" (product of the round's max probabilities): the replay's "cumulative" policy gives the
+    decoder's rounds exactly, and ends rounds no later than the per-token rule at the same threshold."""
+    for (replayed, stats), (token_replayed, _) in zip(replays(mode, fb, n, True, "round"), replays(mode, fb, n, True)):
+        assert replayed["large_calls"] == stats.large_forward_calls[0]
+        assert replayed["small_steps"] <= stats.small_forward_calls[0]
+        assert replayed["large_calls"] >= token_replayed["large_calls"]
 
 
 @pytest.mark.parametrize("mode, fb, n", [("agree", 0.0, 10), ("agree", 0.5, 4), ("agree", 0.8, 3), ("agree", 0.3, 1),

@@ -156,6 +156,22 @@ def test_compare_bild_settings_become_systems():
     assert evaluate.model_paths(spec, evaluate.systems_of(spec)) == {"small": "s", "large": "l"}
 
 
+@pytest.mark.parametrize("keep", [True, False])
+def test_a_bild_system_uses_every_field_of_its_setting(keep):
+    """bild:FB:RB:N:keep|nokeep reaches the generator: with nokeep a fallback step drafts nothing (drafted tokens =
+    small steps - fallbacks), with keep every small step drafts (a bug once dropped keep_fallback_draft here)."""
+    from tiny_models import batch_inputs, prompts, tiny_pair
+
+    small, large = tiny_pair("llama", mode="agree", noise=0.2)
+    generate = systems.make_system("bild-x", {"small": small, "large": large},
+                                   BiLDConfig(0.7, 0.0, 3, keep_fallback_draft=keep), {"small": None, "large": None})
+    rows, stats = generate(batch_inputs(prompts(2, seed=1), False), {"max_new_tokens": 12})
+    total = stats.total()
+    assert total["fallbacks"] > 0
+    expected = total["small_forward_calls"] - (0 if keep else total["fallbacks"])
+    assert total["drafted_tokens"] == expected and len(rows) == 2
+
+
 def test_systems_are_interleaved_per_batch_with_one_warm_up_each_and_resume(tokenizer, tmp_path, monkeypatch):
     """Batch i runs every system that still needs it, in their order rotated by i; finished work is skipped."""
     import torch

@@ -150,6 +150,36 @@ def test_compare_runs_more_bild_settings_against_the_same_baselines(compared, de
                                                            - systems["large"]["quality"]["bleu"])
 
 
+def test_draft_vocab_from_a_training_file_keeps_lossless_bild_exact(decoder_pair, de_en, folder, tmp_path, monkeypatch):
+    """--bild_draft_vocab N: the small model drafts from the N words used most in the training references; lossless
+    BiLD still writes the large model's predictions; the setting is part of the run's fingerprint."""
+    seen = []
+
+    class Spy(BiLDGenerator):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            seen.append(kwargs["draft_vocab"])
+
+    monkeypatch.setattr(systems, "BiLDGenerator", Spy)
+    train = write_lines(tmp_path / "train.jsonl", TRANSLATION_SAMPLE, 12)
+    out = tmp_path / "vocab"
+    result = translation.main(translation_args(decoder_pair, de_en, out, "--bild_rollback", "0", "--compare", "large",
+                                               "--bild_draft_vocab", "20", "--train_file", str(train),
+                                               "--split", "test"))
+    ids = seen[0]
+    assert 20 < len(ids) <= 20 + 6 and len(ids) < 200  # 20 words plus the special tokens, of a ~1,000-word vocabulary
+    large = [r["prediction"] for r in read_jsonl(out / "predictions_large.jsonl")]
+    assert [r["prediction"] for r in read_jsonl(out / "predictions_bild.jsonl")] == large
+    config = json.loads((out / "config.json").read_text())
+    assert config["settings"]["draft_vocab"] == {"size": 20, "file": str(train)}
+    assert result["systems"]["bild"]["bild_stats"]["drafted_tokens"] > 0
+    with pytest.raises(SystemExit, match="file evaluated on"):
+        translation.main(translation_args(decoder_pair, de_en, tmp_path / "leak", "--bild_draft_vocab", "20",
+                                          "--bild_draft_vocab_file", str(de_en)))
+    with pytest.raises(SystemExit, match="needs N >= 1"):
+        translation.main(translation_args(decoder_pair, de_en, tmp_path / "none", "--bild_draft_vocab", "20"))
+
+
 @pytest.mark.parametrize("flags", [("--bild_fallback", "--bild_rollback"),
                                    ("--bild_fallback_threshold", "--bild_rollback_threshold")])
 def test_threshold_zero_reaches_the_decoder_as_zero(flags, decoder_pair, de_en, tmp_path, monkeypatch):

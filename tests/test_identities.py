@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from bild import ALWAYS_FALLBACK, BiLDGenerator, bild_generate
+from bild.architecture import step_cost_ratio
 from reference import reference_bild
 from tiny_models import ARCHITECTURES, ENCODER_DECODER, EOS, PAD, batch_inputs, prompts, tiny_pair
 
@@ -22,10 +23,11 @@ def test_rollback_zero_equals_large_greedy(arch, mode):
     small, large = _pair(arch, mode)
     inputs = batch_inputs(prompts(1, seed=1, min_len=4), arch in ENCODER_DECODER)
     expected = large.generate(**inputs, do_sample=False, max_new_tokens=MAX_NEW)
-    for fb, n, keep in ((0.0, 10, None), (0.5, 4, None), (1.0, 1, None), (0.5, 4, False)):
-        out = BiLDGenerator(small, large, fb, 0.0, n, keep_fallback_draft=keep).generate(
+    for fb, n, keep, rule in ((0.0, 10, None, "token"), (0.5, 4, None, "token"), (1.0, 1, None, "token"),
+                              (0.5, 4, False, "token"), (0.3, 6, None, "round"), (0.3, 6, False, "round")):
+        out = BiLDGenerator(small, large, fb, 0.0, n, keep_fallback_draft=keep, fallback_rule=rule).generate(
             **inputs, max_new_tokens=MAX_NEW, return_dict_in_generate=True)
-        assert torch.equal(out.sequences, expected), (fb, n, keep)
+        assert torch.equal(out.sequences, expected), (fb, n, keep, rule)
         out.stats.check()
 
 
@@ -43,12 +45,13 @@ def test_always_fallback_equals_large_greedy(arch):
 
 @pytest.mark.parametrize("arch", ARCHITECTURES)
 @pytest.mark.parametrize("mode", ["disagree", "agree"])
-@pytest.mark.parametrize("keep_fallback_draft", [False, True])
-def test_batch_rows_equal_rows_alone(arch, mode, keep_fallback_draft):
+@pytest.mark.parametrize("keep_fallback_draft, rule", [(False, "token"), (True, "token"), (None, "round")])
+def test_batch_rows_equal_rows_alone(arch, mode, keep_fallback_draft, rule):
     small, large = _pair(arch, mode)
     enc_dec = arch in ENCODER_DECODER
     rows = prompts(4, seed=3)
-    gen = BiLDGenerator(small, large, 0.4, 1.5, 5, keep_fallback_draft=keep_fallback_draft)
+    gen = BiLDGenerator(small, large, 0.4 if rule == "token" else 0.2, 1.5, 5, keep_fallback_draft=keep_fallback_draft,
+                        fallback_rule=rule)
     batched = gen.generate(**batch_inputs(rows, enc_dec), max_new_tokens=MAX_NEW, return_dict_in_generate=True)
     for i, row in enumerate(rows):
         alone = gen.generate(**batch_inputs([row], enc_dec), max_new_tokens=MAX_NEW, return_dict_in_generate=True)
@@ -69,13 +72,31 @@ def test_cached_equals_no_cache_reference(arch, fb, rb, n):
     row = prompts(1, seed=4, min_len=5)[0]
     inputs = batch_inputs([row], arch in ENCODER_DECODER)
     out = BiLDGenerator(small, large, fb, rb, n).generate(**inputs, max_new_tokens=MAX_NEW, return_dict_in_generate=True)
-    expected, counts = reference_bild(small, large, row, fb, rb, n, MAX_NEW, EOS)
+    expected, counts = reference_bild(small, large, row, fb, rb, n, MAX_NEW, EOS, cost_ratio=step_cost_ratio(small, large))
     assert out.sequences[0].tolist() == expected
     total = out.stats.total()
     assert total["drafted_tokens"] == counts["drafted"]
     assert total["fallbacks"] == counts["fallbacks"]
     assert total["rollbacks"] == counts["rollbacks"]
     assert total["large_forward_calls"] == counts["rounds"]
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+@pytest.mark.parametrize("fb, rb, n, keep", [(0.3, 1.0, 6, False), (0.2, 3.0, 10, True)])
+def test_round_rule_equals_reference(arch, fb, rb, n, keep):
+    """fallback_rule="round": a round ends when the product of its max probabilities falls below fb."""
+    small, large = _pair(arch, "agree" if rb > 2 else "disagree")
+    row = prompts(1, seed=7, min_len=5)[0]
+    inputs = batch_inputs([row], arch in ENCODER_DECODER)
+    out = BiLDGenerator(small, large, fb, rb, n, keep_fallback_draft=keep, fallback_rule="round").generate(
+        **inputs, max_new_tokens=MAX_NEW, return_dict_in_generate=True)
+    expected, counts = reference_bild(small, large, row, fb, rb, n, MAX_NEW, EOS, keep_fallback=keep, rule="round",
+                                      cost_ratio=step_cost_ratio(small, large))
+    assert out.sequences[0].tolist() == expected
+    total = out.stats.total()
+    assert (total["drafted_tokens"], total["fallbacks"], total["rollbacks"], total["large_forward_calls"]) == (
+        counts["drafted"], counts["fallbacks"], counts["rollbacks"], counts["rounds"])
+    assert counts["fallbacks"] > 0 or arch in ENCODER_DECODER  # the tiny seq2seq pairs repeat one token
 
 
 @pytest.mark.parametrize("arch", ARCHITECTURES)
@@ -87,7 +108,8 @@ def test_kept_fallback_draft_equals_reference(arch, fb, rb, n):
     inputs = batch_inputs([row], arch in ENCODER_DECODER)
     out = BiLDGenerator(small, large, fb, rb, n, keep_fallback_draft=True).generate(
         **inputs, max_new_tokens=MAX_NEW, return_dict_in_generate=True)
-    expected, counts = reference_bild(small, large, row, fb, rb, n, MAX_NEW, EOS, keep_fallback=True)
+    expected, counts = reference_bild(small, large, row, fb, rb, n, MAX_NEW, EOS, keep_fallback=True,
+                                      cost_ratio=step_cost_ratio(small, large))
     assert out.sequences[0].tolist() == expected
     total = out.stats.total()
     assert (total["drafted_tokens"], total["fallbacks"], total["rollbacks"], total["large_forward_calls"]) == (

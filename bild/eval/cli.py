@@ -19,7 +19,7 @@ from ..frontier import QUALITY_KEYS, threshold_list
 from .data import SPLITS, DataSpec
 from .evaluate import EvalSpec, GenerationSpec, evaluate
 from .prompts import PromptSpec
-from .systems import BASELINES, ModelSpec
+from .systems import BASELINES, DraftVocabSpec, ModelSpec
 from .tasks import TASKS, Task
 
 
@@ -121,6 +121,12 @@ def build_parser(task: Task) -> argparse.ArgumentParser:
                         "BiLD settings as bild:FALLBACK:ROLLBACK[:MAX_SMALL_STEPS][:keep|:nokeep] (e.g. bild:0.4:5; "
                         "keep/nokeep set keep_fallback_draft); None: large for the default job with no models and no "
                         "data given, otherwise none")
+    m.add_argument("--bild_draft_vocab", type=int, default=None, metavar="N",
+                   help="the small model drafts only from the N tokens used most in the references of "
+                        "--bild_draft_vocab_file (a cheaper small step; exactness unchanged); None: every token")
+    m.add_argument("--bild_draft_vocab_file", default=None,
+                   help="JSON Lines file whose references choose --bild_draft_vocab's tokens (None: --train_file); "
+                        "never the file evaluated on")
     add_device_arguments(m, True, "cpu, cuda, cuda:1, mps, ... (auto: accelerate's choice)",
                          "model weights' dtype (auto: as stored)")
     add_data_arguments(p, task, split_help="split to evaluate (None: test, or the only file given)")
@@ -184,10 +190,17 @@ def model_spec(args: argparse.Namespace) -> ModelSpec:
 
 def eval_spec(task: Task, args: argparse.Namespace) -> EvalSpec:
     """The example scripts' options as an EvalSpec (defaults not yet filled in: see evaluate.resolve_defaults)."""
+    draft_vocab = None
+    if args.bild_draft_vocab is not None:
+        source = args.bild_draft_vocab_file or args.train_file
+        if args.bild_draft_vocab < 1 or not source:
+            raise SystemExit("--bild_draft_vocab N needs N >= 1 and a --bild_draft_vocab_file (or --train_file) whose "
+                             "references choose the tokens.")
+        draft_vocab = DraftVocabSpec(args.bild_draft_vocab, source)
     return EvalSpec(task, data_spec(task, args), prompt_spec(args), generation_spec(task, args), model_spec(args),
                     args.model, args.small, args.large,
                     (args.fallback_threshold, args.rollback_threshold, args.max_small_steps), args.compare,
-                    args.output_dir, args.overwrite_output_dir, options(args))
+                    args.output_dir, args.overwrite_output_dir, options(args), draft_vocab)
 
 
 def main(task: Task, argv: Sequence[str] | None = None, default_data: str | None = None) -> dict | None:

@@ -22,8 +22,8 @@ from .report import comparison, print_report, system_metrics
 from .timing import ContentionMonitor
 from .rundir import RunDir, atomic_write_json, fingerprint
 from .runner import TIMING, RunContext, System, run_systems
-from .systems import (BASELINES, LoadedModels, ModelSpec, bild_system_name, cpu_only, eos_token_ids, load_models,
-                      resolve_device, roles_of)
+from .systems import (BASELINES, DraftVocabSpec, LoadedModels, ModelSpec, bild_system_name, cpu_only, eos_token_ids,
+                      load_models, resolve_device, roles_of)
 from .tasks import Task
 
 DEFAULT_PAIR = "qwen2.5-coder"
@@ -57,6 +57,7 @@ class EvalSpec:
     output_dir: str | None = None
     overwrite: bool = False
     options: dict = field(default_factory=dict)  # the command line's options, as recorded in config.json
+    draft_vocab: DraftVocabSpec | None = None  # BiLD's small model drafts from part of the vocabulary
 
 
 def resolve_defaults(spec: EvalSpec, default_data: str | None) -> EvalSpec:
@@ -211,6 +212,10 @@ def evaluate(spec: EvalSpec, argv: list[str], default_data: str | None = None) -
     settings = generation_settings(task, paths, {"fallback_threshold": fb, "rollback_threshold": rb,
                                                  "max_small_steps": steps}, spec.data, spec.prompt, spec.generation,
                                    spec.models, device, state.num_processes)
+    if spec.draft_vocab is not None and spec.data.files.get(spec.data.resolved_split) == spec.draft_vocab.file:
+        raise SystemExit("--bild_draft_vocab_file is the file evaluated on: choose the tokens on training data.")
+    if spec.draft_vocab is not None and spec.model == "bild":  # it changes which drafts are made (and their speed)
+        settings["draft_vocab"] = {"size": spec.draft_vocab.size, "file": spec.draft_vocab.file}
     run_dir = RunDir(Path(spec.output_dir or f"runs/{task.name}-{fingerprint(settings)}"))
     if state.is_main_process:
         # Should the check fail, the launcher (torch.distributed.run) stops the waiting processes too.
@@ -227,7 +232,10 @@ def evaluate(spec: EvalSpec, argv: list[str], default_data: str | None = None) -
         report_reuse(run_dir, systems, examples)
     loaded = load_models(paths, spec.models, device)
     ctx = run_context(task, loaded, spec.data, spec.prompt, spec.generation, state)
-    runs = [System(s, loaded.system(s, thresholds.get(s)), run_dir) for s in systems]
+    draft_vocab = None
+    if spec.draft_vocab is not None and spec.model == "bild":
+        draft_vocab = spec.draft_vocab.token_ids(task, spec.data.columns, loaded.reference_tokenizer(), ctx.eos_ids)
+    runs = [System(s, loaded.system(s, thresholds.get(s), draft_vocab), run_dir) for s in systems]
     monitor = ContentionMonitor().start()
     with state.split_between_processes(examples) as mine:
         run_systems(runs, mine, ctx, desc=",".join(systems))

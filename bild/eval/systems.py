@@ -36,6 +36,21 @@ class ModelSpec:
     device_map: str | None = None
 
 
+@dataclass(frozen=True)
+class DraftVocabSpec:
+    """BiLD's small model drafts from the `size` tokens used most in the references of `file` (bild.draft_vocab)."""
+
+    size: int
+    file: str
+
+    def token_ids(self, task, columns: tuple[str, str], tokenizer, always=()) -> torch.Tensor:
+        from ..draft_vocab import frequent_tokens
+        from .data import DataSpec, load_examples
+
+        examples = load_examples(task, DataSpec(None, None, {"train": self.file}, "train", None, columns))
+        return frequent_tokens(tokenizer, [e.reference for e in examples], self.size, always)
+
+
 @dataclass
 class LoadedModels:
     """role -> model, role -> tokenizer (None where a folder has none), and whether they are seq2seq."""
@@ -56,9 +71,9 @@ class LoadedModels:
     def reference_role(self) -> str:
         return "large" if "large" in self.models else next(iter(self.models))
 
-    def system(self, name: str, thresholds: BiLDConfig | None = None) -> GenerateFn:
-        """The generate function of system `name` over the models its roles need."""
-        return make_system(name, {r: self.models[r] for r in roles_of(name)}, thresholds, self.tokenizers)
+    def system(self, name: str, thresholds: BiLDConfig | None = None, draft_vocab=None) -> GenerateFn:
+        """The generate function of system `name` over the models its roles need (draft_vocab: BiLD's, or None)."""
+        return make_system(name, {r: self.models[r] for r in roles_of(name)}, thresholds, self.tokenizers, draft_vocab)
 
 
 def is_bild_system(name: str) -> bool:
@@ -126,16 +141,19 @@ def new_tokens(sequences: torch.Tensor, inputs: dict, encoder_decoder: bool) -> 
     return list(sequences[:, start:])
 
 
-def make_system(name: str, models: dict, thresholds: BiLDConfig | None, tokenizers: dict) -> GenerateFn:
+def make_system(name: str, models: dict, thresholds: BiLDConfig | None, tokenizers: dict,
+                draft_vocab=None) -> GenerateFn:
     """The generate function of system `name` over the loaded `models` (keyed by role).
 
-    `thresholds` are those of a BiLD system (``bild`` or ``bild-fb...``); other systems ignore them.
+    `thresholds` and `draft_vocab` (token ids the small model drafts from, or None) are those of a BiLD system
+    (``bild`` or ``bild-fb...``); other systems ignore them.
     """
     encoder_decoder = next(iter(models.values())).config.is_encoder_decoder
     if is_bild_system(name):
         generator = BiLDGenerator(
             models["small"], models["large"], thresholds.fallback_threshold, thresholds.rollback_threshold,
-            thresholds.max_small_steps, small_tokenizer=tokenizers["small"], large_tokenizer=tokenizers["large"],
+            thresholds.max_small_steps, keep_fallback_draft=thresholds.keep_fallback_draft,
+            small_tokenizer=tokenizers["small"], large_tokenizer=tokenizers["large"], draft_vocab=draft_vocab,
         )
 
         def generate(inputs, kwargs):
