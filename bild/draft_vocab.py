@@ -1,7 +1,7 @@
 """A draft head over part of the vocabulary: a cheaper small-model step (FR-Spec, Zhao et al., 2025).
 
-A small model's output layer is a large share of its step: Qwen2.5-0.5B's is 151,936 x 896 weights, a quarter
-of the model, read once per drafted token. Drafting only from the tokens a task actually uses cuts that
+A small model's output layer is a large share of its step: Qwen2.5-0.5B's is 151,936 x 896 weights, 136M of
+the 494M that a step reads. Drafting only from the tokens a task actually uses cuts that
 layer. The large model still verifies every token and supplies every correction from its own full vocabulary,
 so BiLD stays exactly as exact as without it: `rollback_threshold=0` still gives the large model's greedy
 output, and speculative sampling still samples the large model's distribution (the acceptance test uses

@@ -75,6 +75,8 @@ def bild_generate(
         through `torch.compile` ("reduce-overhead", i.e. CUDA graphs, on a GPU). Drafts shorter
         than the window are padded to max_small_steps + 1 so shapes never change. True compiles
         both models; "small" or "large" only that one (the other runs eagerly on its static cache).
+    fallback_rule, drafting_guard: see `BiLDConfig`. A draft vocabulary goes in as the small model itself:
+        `small_model=bild.restrict_draft_vocab(small, ids)`.
     bild_profile: synchronise the device around each forward so stats.forward_seconds is exact.
     """
     cfg = bild_config if bild_config is not None else BiLDConfig(fallback_threshold, rollback_threshold, max_small_steps,
