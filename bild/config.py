@@ -37,11 +37,12 @@ class BiLDConfig:
         max probability. "round": the product of the max probabilities of the round's drafts so far, the small
         model's own estimate that every draft of the round survives verification; a round ends when that
         falls below the threshold, so long rounds of fairly sure tokens end before their likely failure.
-    drafting_guard: stop drafting for a row once drafting has cost it more than it saved (True, default): after
+    drafting_guard: stop drafting for a row once drafting has cost it more than it saved (default False): after
         a few rounds, if its large passes plus its small steps (each costed at the pair's ratio of weights
         read per step) add up to at least its committed tokens, its later rounds are plain large-model steps.
         So a small model that keeps falling back costs at most a few rounds. With rollback 0 the output is
-        unchanged; see `bild.policy.drafting_pays`.
+        unchanged; see `bild.policy.drafting_pays`. Off by default: on the real pair's translations it cost large
+        calls (its decision is final for the call; benchmarks/RESULTS.md, A11).
     """
 
     fallback_threshold: float = 0.6
@@ -49,7 +50,7 @@ class BiLDConfig:
     max_small_steps: int = 10
     keep_fallback_draft: bool | None = None
     fallback_rule: str = "token"
-    drafting_guard: bool = True
+    drafting_guard: bool = False
 
     def __post_init__(self):
         fb, rb, n = self.fallback_threshold, self.rollback_threshold, self.max_small_steps
@@ -90,6 +91,6 @@ class BiLDConfig:
             del out["keep_fallback_draft"]
         if out["fallback_rule"] == "token":
             del out["fallback_rule"]
-        if out["drafting_guard"]:
+        if not out["drafting_guard"]:
             del out["drafting_guard"]
         return out

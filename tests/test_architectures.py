@@ -7,6 +7,9 @@ recurrent and cache-less models, models with a cache class of their own, and enc
 
 from __future__ import annotations
 
+import functools
+from pathlib import Path
+
 import pytest
 import torch
 from transformers import LogitsProcessorList
@@ -45,6 +48,13 @@ def test_sweep_exact_or_refused(arch, kind):
     assert outcome.status != "FAIL", outcome.detail
     if outcome.status == "not testable":
         assert arch in NOT_TESTABLE, outcome.detail
+    # The README's support table says what the sweep finds (regenerate it with `python tests/arch_sweep.py`).
+    assert _readme_groups().get(arch) == arch_sweep.readme_group(outcome), arch
+
+
+@functools.lru_cache(maxsize=1)
+def _readme_groups() -> dict[str, str]:
+    return arch_sweep.readme_groups(Path(__file__).resolve().parent.parent / "README.md")
 
 
 def _lossless(small, large, inputs):

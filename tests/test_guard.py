@@ -10,7 +10,8 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from bild import BiLDGenerator
 from bild.architecture import step_cost_ratio, step_weights
 from bild.policy import GUARD_ROUNDS, drafting_pays
-from tiny_models import batch_inputs, prompts, tiny_model, tiny_pair
+from reference import reference_bild
+from tiny_models import EOS, batch_inputs, prompts, tiny_model, tiny_pair
 
 MAX_NEW = 20
 
@@ -48,7 +49,7 @@ def test_the_guard_judges_each_row_of_a_batch_on_its_own():
     inputs, batched = _generate(small, large, True, fb=0.5, keep=True, batch=4)
     for i in range(4):
         row = {k: v[i : i + 1, int((~inputs["attention_mask"][i].bool()).sum()):] for k, v in inputs.items()}
-        gen = BiLDGenerator(small, large, 0.5, 0.0, 4, keep_fallback_draft=True)
+        gen = BiLDGenerator(small, large, 0.5, 0.0, 4, keep_fallback_draft=True, drafting_guard=True)
         alone = gen.generate(**row, max_new_tokens=MAX_NEW, return_dict_in_generate=True)
         assert batched.stats.small_forward_calls[i] == alone.stats.small_forward_calls[0]
         assert batched.stats.large_forward_calls[i] == alone.stats.large_forward_calls[0]
@@ -95,3 +96,20 @@ def test_step_weights_leave_out_an_input_embedding_that_is_only_looked_up(tied):
     assert step_weights(model) == (total if tied else total - 100 * 16)
     small, large = tiny_pair("llama")
     assert 0 < step_cost_ratio(small, large) < 1
+
+
+@pytest.mark.parametrize("arch, mode, rb", [("llama", "disagree", 0.0), ("llama", "disagree", 0.5), ("t5", "disagree", 1.0)])
+def test_guarded_decoder_equals_the_reference_loop_with_the_guard(arch, mode, rb):
+    small, large = tiny_pair(arch, mode)
+    row = prompts(1, seed=2, min_len=3)[0]
+    inputs = batch_inputs([row], small.config.is_encoder_decoder)
+    out = BiLDGenerator(small, large, 0.9, rb, 4, keep_fallback_draft=rb == 0.0, drafting_guard=True).generate(
+        **inputs, max_new_tokens=MAX_NEW, return_dict_in_generate=True)
+    expected, counts = reference_bild(small, large, row, 0.9, rb, 4, MAX_NEW, EOS,
+                                      keep_fallback=rb == 0.0, cost_ratio=step_cost_ratio(small, large))
+    assert out.sequences[0].tolist() == expected
+    total = out.stats.total()
+    assert (total["small_forward_calls"], total["large_forward_calls"]) == (counts["small_steps"], counts["rounds"])
+    _, unguarded = reference_bild(small, large, row, 0.9, rb, 4, MAX_NEW, EOS, keep_fallback=rb == 0.0)
+    if arch != "t5":  # the tiny T5 pair ends after one round
+        assert counts["small_steps"] < unguarded["small_steps"]  # the guard stopped drafting

@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from bild import ALWAYS_FALLBACK, BiLDGenerator, bild_generate
-from bild.architecture import step_cost_ratio
 from reference import reference_bild
 from tiny_models import ARCHITECTURES, ENCODER_DECODER, EOS, PAD, batch_inputs, prompts, tiny_pair
 
@@ -72,7 +71,7 @@ def test_cached_equals_no_cache_reference(arch, fb, rb, n):
     row = prompts(1, seed=4, min_len=5)[0]
     inputs = batch_inputs([row], arch in ENCODER_DECODER)
     out = BiLDGenerator(small, large, fb, rb, n).generate(**inputs, max_new_tokens=MAX_NEW, return_dict_in_generate=True)
-    expected, counts = reference_bild(small, large, row, fb, rb, n, MAX_NEW, EOS, cost_ratio=step_cost_ratio(small, large))
+    expected, counts = reference_bild(small, large, row, fb, rb, n, MAX_NEW, EOS)
     assert out.sequences[0].tolist() == expected
     total = out.stats.total()
     assert total["drafted_tokens"] == counts["drafted"]
@@ -90,8 +89,7 @@ def test_round_rule_equals_reference(arch, fb, rb, n, keep):
     inputs = batch_inputs([row], arch in ENCODER_DECODER)
     out = BiLDGenerator(small, large, fb, rb, n, keep_fallback_draft=keep, fallback_rule="round").generate(
         **inputs, max_new_tokens=MAX_NEW, return_dict_in_generate=True)
-    expected, counts = reference_bild(small, large, row, fb, rb, n, MAX_NEW, EOS, keep_fallback=keep, rule="round",
-                                      cost_ratio=step_cost_ratio(small, large))
+    expected, counts = reference_bild(small, large, row, fb, rb, n, MAX_NEW, EOS, keep_fallback=keep, rule="round")
     assert out.sequences[0].tolist() == expected
     total = out.stats.total()
     assert (total["drafted_tokens"], total["fallbacks"], total["rollbacks"], total["large_forward_calls"]) == (
@@ -108,8 +106,7 @@ def test_kept_fallback_draft_equals_reference(arch, fb, rb, n):
     inputs = batch_inputs([row], arch in ENCODER_DECODER)
     out = BiLDGenerator(small, large, fb, rb, n, keep_fallback_draft=True).generate(
         **inputs, max_new_tokens=MAX_NEW, return_dict_in_generate=True)
-    expected, counts = reference_bild(small, large, row, fb, rb, n, MAX_NEW, EOS, keep_fallback=True,
-                                      cost_ratio=step_cost_ratio(small, large))
+    expected, counts = reference_bild(small, large, row, fb, rb, n, MAX_NEW, EOS, keep_fallback=True)
     assert out.sequences[0].tolist() == expected
     total = out.stats.total()
     assert (total["drafted_tokens"], total["fallbacks"], total["rollbacks"], total["large_forward_calls"]) == (

@@ -3,7 +3,6 @@
 import torch
 
 from bild import BiLDGenerator
-from bild.architecture import step_cost_ratio
 from reference import reference_bild
 from tiny_models import EOS, PAD, batch_inputs, prompts, tiny_pair
 
@@ -55,7 +54,7 @@ def _find_eos_case(arch, seed=0):
     small, large = tiny_pair(arch, "agree", seed=seed)
     for s in range(50):
         row = prompts(1, seed=s, min_len=3)[0]
-        new = reference_bild(small, large, row, 0.0, 3.0, 10, 30, EOS, cost_ratio=step_cost_ratio(small, large))[0][len(row):]
+        new = reference_bild(small, large, row, 0.0, 3.0, 10, 30, EOS)[0][len(row):]
         if new[3] not in new[:3]:
             return small, large, row, new[3]
     raise AssertionError("no EOS case found")
@@ -70,7 +69,7 @@ def test_eos_inside_a_draft_is_verified_and_stops():
     assert len(new) == 4 and new[-1] == eos
     t = _adds_up(out.stats)
     assert t["large_forward_calls"] == 1 and t["accepted_drafts"] == 4 and t["bonus_tokens"] == 0
-    expected, _ = reference_bild(small, large, row, 0.0, 3.0, 10, 30, eos, cost_ratio=step_cost_ratio(small, large))
+    expected, _ = reference_bild(small, large, row, 0.0, 3.0, 10, 30, eos)
     assert out.sequences[0].tolist() == expected
     # lossless at rollback 0: equal to the large model even when EOS comes from a draft
     lossless = BiLDGenerator(small, large, 0.0, 0.0, 10).generate(**inputs, max_new_tokens=30, eos_token_id=eos)
@@ -109,5 +108,5 @@ def test_max_new_tokens_one_leaves_every_row_without_budget_after_one_round():
     assert out.stats.large_forward_calls == [1, 1]
     assert out.sequences.shape[1] == max(len(r) for r in rows) + 1
     for i, row in enumerate(rows):
-        expected = reference_bild(small, large, row, 0.3, 2.0, 4, 1, EOS, cost_ratio=step_cost_ratio(small, large))[0]
+        expected = reference_bild(small, large, row, 0.3, 2.0, 4, 1, EOS)[0]
         assert out.sequences[i, -1].item() == expected[-1] and len(expected) == len(row) + 1
