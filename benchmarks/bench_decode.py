@@ -39,6 +39,9 @@ from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokeni
 
 from bild import BiLDGenerator
 from bild.env import environment
+from bild.eval.rundir import atomic_write_json
+from bild.eval.systems import DraftVocabSpec
+from bild.eval.tasks import TRANSLATION
 from bild.eval.timing import ContentionMonitor, contention_warning, paired_bootstrap_ci, rotated
 
 TRANSLATE = "Translate the following German text to English. Reply with the translation only.\n\n{text}"
@@ -65,7 +68,7 @@ def parse_args(argv=None):
     p.add_argument("--top_k", type=int, default=0, help="with --do_sample (0: off, unlike transformers' 50)")
     p.add_argument("--seeds", default="0", help="comma-separated seeds, with --do_sample: BLEU is their mean")
     p.add_argument("--draft_vocab_file",
-                   help="JSON lines whose targets (translation 'en', or 'summary'/'text') choose +vocab's tokens")
+                   help="JSON lines in the translation layout whose English side chooses +vocab's tokens")
     p.add_argument("--draft_vocab_size", type=int, default=16384, help="tokens a +vocab drafter scores")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--report_partial", metavar="PARTIAL_JSON",
@@ -140,18 +143,13 @@ def parse_bild(spec: str, draft_vocab=None) -> tuple[dict, dict]:
 
 
 def draft_vocab(args, tokenizer, vocab_size: int):
-    """+vocab's token ids: the most used tokens of --draft_vocab_file's targets, or the tiny models' first ids."""
+    """+vocab's token ids: the most used tokens of --draft_vocab_file's English references (the example scripts'
+    DraftVocabSpec), or the tiny models' first ids."""
     if tokenizer is None or not args.draft_vocab_file:
         if tokenizer is not None:
             raise SystemExit("+vocab needs --draft_vocab_file (e.g. the task's training file)")
         return list(range(min(args.draft_vocab_size, vocab_size)))
-    from bild import frequent_tokens
-
-    def target(row):
-        return row["translation"]["en"] if "translation" in row else row.get("summary", row.get("text"))
-
-    texts = [target(json.loads(line)) for line in open(args.draft_vocab_file) if line.strip()]
-    return frequent_tokens(tokenizer, texts, args.draft_vocab_size)
+    return DraftVocabSpec(args.draft_vocab_size, args.draft_vocab_file).token_ids(TRANSLATION, ("de", "en"), tokenizer)
 
 
 def decoding_kwargs(args) -> dict:
@@ -358,8 +356,7 @@ def build_report(args, runs: dict, references, tokenizer, contention: dict, argv
               "environment": environment(), "args": vars(args), "device": args.device,
               "timing": {"order": "interleaved", "warm_up": "one generation per system", "contention": contention},
               "prompts": n_prompts, "results": results}
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(json.dumps(report, indent=2))
+    atomic_write_json(Path(args.output), report)
     print(f"wrote {args.output}")
     return report
 

@@ -12,7 +12,6 @@ times after a warm-up, medians kept; their outputs must be identical row for row
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from pathlib import Path
@@ -22,6 +21,7 @@ from transformers import T5Config, T5ForConditionalGeneration
 
 from bild import BiLDGenerator
 from bild.env import environment
+from bild.eval.rundir import atomic_write_json
 
 SETTINGS = {"best": (0.0, float("inf")), "lossless": (0.5, 0.0)}
 
@@ -83,8 +83,7 @@ def main(argv=None):
                 print(f"{name:<10}{batch:>4}{tb:>11.2f}{tr:>14.2f}{tr / tb:>10.2f}{batch * args.new_tokens / tb:>15.0f}"
                       f"{str(identical):>11}", flush=True)
     report = {"environment": environment(), "args": vars(args), "results": rows}
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(json.dumps(report, indent=2))
+    atomic_write_json(Path(args.output), report)
     print(f"wrote {args.output}")
     return report
 

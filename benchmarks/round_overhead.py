@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import inspect
-import json
 import statistics
 import sys
 import time
@@ -29,6 +28,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from bild import BiLDGenerator
 from bild.env import environment
+from bild.eval.rundir import atomic_write_json
 from bild.host_reads import HostReads
 
 SHAPES = {"tiny": ((64, 2), (128, 2), 512), "mid": ((512, 2), (1024, 8), 8192)}
@@ -124,8 +124,7 @@ def main(argv=None):
                               f"{r['overhead_ms_per_round']:>14.2f}{r['rounds']:>8.0f}{r['draft_steps']:>7.0f}"
                               f"{r['host_reads_per_round']:>13.1f}", flush=True)
     report = {"label": args.label, "environment": environment(), "args": vars(args), "results": rows}
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(json.dumps(report, indent=2))
+    atomic_write_json(Path(args.output), report)
     print(f"wrote {args.output}")
     return report
 

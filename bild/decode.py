@@ -125,7 +125,7 @@ def draft(small: ModelAdapter, state: Rows, choose: Chooser, processors, stoppin
           counts: RowCounters, allowed: np.ndarray, small_steps: np.ndarray) -> np.ndarray:
     """Small model drafts up to N tokens per active row into state.seq after each row's length; returns k (B,) host.
 
-    allowed (B,) host: rows that draft this round (the others get k = 0: a plain large-model step); small_steps
+    allowed (B,) host or None (all): rows that draft this round (the others get k = 0: a plain large-model step); small_steps
     (B,) host: each drafting row's count is raised by its small steps. One host read per step: which rows
     fell back and which stop drafting."""
     active = ~state.done
@@ -134,7 +134,7 @@ def draft(small: ModelAdapter, state: Rows, choose: Chooser, processors, stoppin
     if cfg.fallback_threshold == ALWAYS_FALLBACK:
         counts.add("fallbacks", to_device(np.flatnonzero(active), device), 1)
         return k
-    drafting = active & allowed
+    drafting = active.copy() if allowed is None else active & allowed
     if not drafting.any():
         return k
     one = np.ones_like(k)
@@ -253,7 +253,7 @@ def decode(small: ModelAdapter, large: ModelAdapter, prompt, prompt_valid, proce
     start = time.perf_counter()
     while not state.done.all():
         before = state.length.copy()
-        allowed = drafting_pays(rounds, small_steps, before - P, cost_ratio) if guard else np.ones(B, dtype=bool)
+        allowed = drafting_pays(rounds, small_steps, before - P, cost_ratio) if guard else None
         rounds += ~state.done
         k = draft(small, state, choose, processors, stopping, cfg, counts, allowed, small_steps)
         accepted, new_token = verify(large, state, k, choose, processors, counts)

@@ -25,7 +25,8 @@ from .data import Example
 
 
 def atomic_write(path: Path, write: Callable[[IO], None], binary: bool = False) -> None:
-    """Write through `write(handle)` into a temporary file, fsync it, and rename it onto `path`."""
+    """Write through `write(handle)` into a temporary file, fsync it, and rename it onto `path` (folders made)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     with open(tmp, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as handle:
         write(handle)
