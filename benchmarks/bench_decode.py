@@ -37,7 +37,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-from bild import BiLDGenerator
+from bild import AUTO, BiLDGenerator
 from bild.env import environment
 from bild.eval.rundir import atomic_write_json
 from bild.eval.systems import DraftVocabSpec
@@ -121,7 +121,7 @@ def sync(device):
 
 
 def parse_bild(spec: str, draft_vocab=None) -> tuple[dict, dict]:
-    """'bild:FB:RB[:N][:keep|:nokeep][+variant...]' -> BiLDGenerator threshold kwargs, other kwargs (fast path,
+    """'bild:FB:RB[:N][:keep|:nokeep][+variant...]' (FB a number or auto) -> BiLDGenerator threshold kwargs, other kwargs (fast path,
     draft_vocab)."""
     spec, *variants = spec.split("+")
     parts = spec.split(":")[1:]
@@ -132,7 +132,7 @@ def parse_bild(spec: str, draft_vocab=None) -> tuple[dict, dict]:
     if not 2 <= len(parts) <= 3 or any(v not in FAST_VARIANTS and v != "vocab" for v in variants):
         raise SystemExit(f"bad BiLD system {spec!r}: write "
                          f"bild:FB:RB[:N][:keep|:nokeep][:round][+{'|'.join(FAST_VARIANTS)}|+vocab]")
-    thresholds = {"fallback_threshold": float(parts[0]), "rollback_threshold": float(parts[1]), "keep_fallback_draft": keep,
+    thresholds = {"fallback_threshold": parts[0] if parts[0] == AUTO else float(parts[0]), "rollback_threshold": float(parts[1]), "keep_fallback_draft": keep,
                   "fallback_rule": rule}
     if len(parts) > 2:
         thresholds["max_small_steps"] = int(parts[2])

@@ -8,6 +8,10 @@ from dataclasses import asdict, dataclass
 #: Pass as `fallback_threshold` to hand every step to the large model. `1.0` is not quite that:
 #: a float softmax can reach exactly 1.0, and `1.0 < 1.0` does not fall back.
 ALWAYS_FALLBACK = math.inf
+#: Pass as `fallback_threshold` to let the decode loop decide when drafting pays (`bild.acceptance`): it learns,
+#: per row, how often drafts of each confidence are accepted and keeps drafting while the expected accepted
+#: tokens of one more small step are worth its measured cost.
+AUTO = "auto"
 #: What fallback_threshold is compared with: each draft's max probability, or their product over the round.
 FALLBACK_RULES = ("token", "round")
 
@@ -18,7 +22,11 @@ class BiLDConfig:
 
     fallback_threshold: the small model stops drafting when its (processed) max probability is
         below this. In [0, 1], or `ALWAYS_FALLBACK`. 0.0 never falls back. Default 0.6, the
-        paper's setting for its best-quality IWSLT point.
+        paper's setting for its best-quality IWSLT point. `"auto"` (`bild.AUTO`): no threshold to tune; a round
+        goes on while the chance that every draft so far is accepted, times the chance that the next one is,
+        is worth a small step at the row's own rate of tokens per unit of time (see `bild.acceptance`); a row
+        whose drafts do not pay stops drafting. Both chances are learned per row from the verification results
+        of the call, starting from the small model's own confidence.
     rollback_threshold: a draft is rejected when the large model's cross-entropy on it, in nats,
         exceeds this and it is not the large model's argmax. >= 0; 0.0 makes BiLD lossless
         (identical to large greedy); `math.inf` never rolls back. Default 2.0: the low end of
@@ -31,7 +39,7 @@ class BiLDConfig:
         by it. The round still ends there. It costs no small-model step (that step was taken anyway)
         and one more position in the large pass; with rollback 0 the output is unchanged. False: the
         paper's rule (the unsure token is thrown away). None (default): True with rollback 0, where it
-        is free speed, False otherwise, where it changes which tokens are committed (see
+        is free speed, and with fallback_threshold "auto"; False otherwise, where it changes which tokens are committed (see
         benchmarks/RESULTS.md for what it measured).
     fallback_rule: what is compared with fallback_threshold. "token" (default, the paper's rule): each draft's
         max probability. "round": the product of the max probabilities of the round's drafts so far, the small
@@ -43,20 +51,28 @@ class BiLDConfig:
         So a small model that keeps falling back costs at most a few rounds. With rollback 0 the output is
         unchanged; see `bild.policy.drafting_pays`. Off by default: on the real pair's translations it cost large
         calls (its decision is final for the call; benchmarks/RESULTS.md, A11).
+    cost_ratio: what one small-model step costs in large-model steps, for "auto" and the drafting guard. None
+        (default): "auto" measures it during the call (the wall time of the draft steps against that of the
+        verify rounds, from the second round on; the pair's ratio of weights read per step before that), and
+        the guard uses the ratio of weights. With rollback 0 the output never depends on it; with rollback > 0
+        and "auto", a measured ratio can make outputs differ from run to run, so give a number to fix them.
     """
 
-    fallback_threshold: float = 0.6
+    fallback_threshold: float | str = 0.6
     rollback_threshold: float = 2.0
     max_small_steps: int = 10
     keep_fallback_draft: bool | None = None
     fallback_rule: str = "token"
     drafting_guard: bool = False
+    cost_ratio: float | None = None
 
     def __post_init__(self):
         fb, rb, n = self.fallback_threshold, self.rollback_threshold, self.max_small_steps
-        if not isinstance(fb, (int, float)) or isinstance(fb, bool) or math.isnan(fb):
-            raise ValueError(f"fallback_threshold must be a number in [0, 1] (or bild.ALWAYS_FALLBACK), got {fb!r}.")
-        if not (0.0 <= fb <= 1.0 or fb == ALWAYS_FALLBACK):
+        if isinstance(fb, str) and fb != AUTO:
+            raise ValueError(f"fallback_threshold must be a number in [0, 1], bild.ALWAYS_FALLBACK or \"auto\", got {fb!r}.")
+        if fb != AUTO and (not isinstance(fb, (int, float)) or isinstance(fb, bool) or math.isnan(fb)):
+            raise ValueError(f"fallback_threshold must be a number in [0, 1] (or bild.ALWAYS_FALLBACK, or \"auto\"), got {fb!r}.")
+        if fb != AUTO and not (0.0 <= fb <= 1.0 or fb == ALWAYS_FALLBACK):
             raise ValueError(
                 f"fallback_threshold must be in [0, 1], got {fb!r}. It is compared with a probability; "
                 "to send every step to the large model pass bild.ALWAYS_FALLBACK."
@@ -73,19 +89,28 @@ class BiLDConfig:
             raise ValueError(f"fallback_rule must be one of {FALLBACK_RULES}, got {self.fallback_rule!r}.")
         if not isinstance(self.drafting_guard, bool):
             raise ValueError(f"drafting_guard must be True or False, got {self.drafting_guard!r}.")
-        object.__setattr__(self, "fallback_threshold", float(fb))
+        if fb == AUTO and self.fallback_rule != "token":
+            raise ValueError('fallback_threshold="auto" makes its own round-level decision; leave fallback_rule at "token".')
+        cr = self.cost_ratio
+        if cr is not None and (not isinstance(cr, (int, float)) or isinstance(cr, bool) or not 0 < cr < math.inf):
+            raise ValueError(f"cost_ratio must be None (measure it) or a positive number (a small step in large steps), got {cr!r}.")
+        if cr is not None:
+            object.__setattr__(self, "cost_ratio", float(cr))
+        if fb != AUTO:
+            object.__setattr__(self, "fallback_threshold", float(fb))
         object.__setattr__(self, "rollback_threshold", float(rb))
 
     @property
     def keeps_fallback_draft(self) -> bool:
-        """keep_fallback_draft resolved: None means on exactly when BiLD is lossless (rollback 0)."""
+        """keep_fallback_draft resolved: None means on exactly when BiLD is lossless (rollback 0) or the fallback
+        threshold is "auto" (whose stop says the round is unlikely to survive, not that this token is unsure)."""
         if self.keep_fallback_draft is None:
-            return self.rollback_threshold == 0.0
+            return self.rollback_threshold == 0.0 or self.fallback_threshold == AUTO
         return self.keep_fallback_draft
 
     def to_dict(self) -> dict:
-        """The fields, leaving out keep_fallback_draft, fallback_rule and drafting_guard at their defaults (so files and
-        fingerprints of default settings read as they always have)."""
+        """The fields, leaving out keep_fallback_draft, fallback_rule, drafting_guard and cost_ratio at their defaults
+        (so files and fingerprints of default settings read as they always have)."""
         out = asdict(self)
         if out["keep_fallback_draft"] is None:
             del out["keep_fallback_draft"]
@@ -93,4 +118,6 @@ class BiLDConfig:
             del out["fallback_rule"]
         if not out["drafting_guard"]:
             del out["drafting_guard"]
+        if out["cost_ratio"] is None:
+            del out["cost_ratio"]
         return out

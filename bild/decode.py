@@ -30,10 +30,11 @@ from transformers.generation.logits_process import (
 from transformers.generation.stopping_criteria import EosTokenCriteria, MaxLengthCriteria
 from transformers.utils import ModelOutput
 
+from .acceptance import AcceptanceTracker, AutoRound, CostClock
 from .adapters import ModelAdapter, to_device
 from .choosers import Chooser
-from .config import ALWAYS_FALLBACK, BiLDConfig
-from .policy import drafting_pays, fallback_mask, first_true_index
+from .config import ALWAYS_FALLBACK, AUTO, BiLDConfig
+from .policy import confidence_bins, drafting_pays, fallback_mask, first_true_index
 from .row_processors import for_rows
 from .stats import BiLDStats, RowCounters
 
@@ -122,12 +123,13 @@ class Stopping:
 
 
 def draft(small: ModelAdapter, state: Rows, choose: Chooser, processors, stopping: Stopping, cfg: BiLDConfig,
-          counts: RowCounters, allowed: np.ndarray, small_steps: np.ndarray) -> np.ndarray:
+          counts: RowCounters, allowed: np.ndarray, small_steps: np.ndarray, auto: AutoRound | None = None) -> np.ndarray:
     """Small model drafts up to N tokens per active row into state.seq after each row's length; returns k (B,) host.
 
     allowed (B,) host or None (all): rows that draft this round (the others get k = 0: a plain large-model step); small_steps
-    (B,) host: each drafting row's count is raised by its small steps. One host read per step: which rows
-    fell back and which stop drafting."""
+    (B,) host: each drafting row's count is raised by its small steps. auto (fallback_threshold "auto"): the
+    round's acceptance table and bar; the steps write each draft's confidence bin into auto.bins. One host read
+    per step: which rows fell back and which stop drafting (and, with auto, the drafts' bins)."""
     active = ~state.done
     k = np.zeros_like(state.length)
     device = state.seq.device
@@ -138,8 +140,9 @@ def draft(small: ModelAdapter, state: Rows, choose: Chooser, processors, stoppin
     if not drafting.any():
         return k
     one = np.ones_like(k)
-    # fallback_rule "round": the product of the round's max probabilities so far, per row (device).
-    chain = torch.ones(len(k), device=device) if cfg.fallback_rule == "round" else None
+    # fallback_rule "round": the product of the round's max probabilities so far, per row (device); auto: the
+    # product of their estimated acceptance.
+    chain = torch.ones(len(k), device=device) if cfg.fallback_rule == "round" or auto is not None else None
     for step in range(cfg.max_small_steps):  # every drafting row has exactly `step` drafts
         upto = state.length + k
         logits = small.feed(state.seq, state.n_pad, upto, drafting, one)[:, 0]  # (B, V)
@@ -149,10 +152,15 @@ def draft(small: ModelAdapter, state: Rows, choose: Chooser, processors, stoppin
         rows_d, at = to_device(rows, device), to_device(upto[rows], device)
         scores = process(processors, state.seq, rows, upto[rows], logits[rows_d])
         max_p, token = choose.propose(scores, rows_d, step)
-        if chain is not None:
-            chain[rows_d] *= max_p.float()
-            max_p = chain[rows_d]
-        fell_back = fallback_mask(max_p, cfg.fallback_threshold)
+        if auto is not None:
+            bins = confidence_bins(max_p)
+            chain[rows_d] *= auto.table[rows_d, bins]
+            fell_back = chain[rows_d] < auto.level[rows_d]
+        else:
+            if chain is not None:
+                chain[rows_d] *= max_p.float()
+                max_p = chain[rows_d]
+            fell_back = fallback_mask(max_p, cfg.fallback_threshold)
         counts.add("small_forward_calls", rows_d, 1)
         counts.add("fallbacks", rows_d, fell_back)
         # Written for every row: a fallback token that is not kept lies past the row's drafts (scratch).
@@ -163,7 +171,11 @@ def draft(small: ModelAdapter, state: Rows, choose: Chooser, processors, stoppin
         else:
             counts.add("drafted_tokens", rows_d, ~fell_back)
         finished = fell_back | stopping.hits(state.seq, rows, upto[rows] + 1)
-        fell_back_h, finished_h = np.array(torch.stack([fell_back, finished]).tolist())  # the step's host read
+        if auto is None:
+            fell_back_h, finished_h = np.array(torch.stack([fell_back, finished]).tolist())  # the step's host read
+        else:
+            fell_back_h, finished_h, auto.bins[rows, step] = np.array(torch.stack([fell_back, finished, bins]).tolist())
+        fell_back_h, finished_h = fell_back_h.astype(bool), finished_h.astype(bool)
         k[rows] += 1 if cfg.keeps_fallback_draft else ~fell_back_h
         drafting[:] = False
         if step + 1 < cfg.max_small_steps:
@@ -233,7 +245,8 @@ def decode(small: ModelAdapter, large: ModelAdapter, prompt, prompt_valid, proce
 
     streamer (batch 1): gets the prompt, then each round's committed tokens once verified, then end(),
     as transformers' own loops feed it. cost_ratio: a small step's cost in large steps, for the drafting
-    guard (cfg.drafting_guard); None: every row drafts every round.
+    guard (cfg.drafting_guard; None: every row drafts every round) and, with fallback_threshold "auto", the
+    estimate used until the call has measured its own (cfg.cost_ratio None) or the fixed value (cfg.cost_ratio).
     """
     B, P = prompt.shape
     device = prompt.device
@@ -250,12 +263,21 @@ def decode(small: ModelAdapter, large: ModelAdapter, prompt, prompt_valid, proce
         streamer.put(prompt.cpu())
     rounds, small_steps = np.zeros(B, dtype=np.int64), np.zeros(B, dtype=np.int64)  # host, per row
     guard = cfg.drafting_guard and cost_ratio is not None
+    tracker = None
+    if cfg.fallback_threshold == AUTO:
+        clock = CostClock(cfg.cost_ratio or cost_ratio or 1.0, measure=cfg.cost_ratio is None)
+        tracker = AcceptanceTracker(B, cfg.max_small_steps, clock)
     start = time.perf_counter()
     while not state.done.all():
         before = state.length.copy()
         allowed = drafting_pays(rounds, small_steps, before - P, cost_ratio) if guard else None
+        auto = tracker.round(rounds, small_steps, before - P, device) if tracker is not None else None
+        if auto is not None:
+            allowed = auto.allowed if allowed is None else allowed & auto.allowed
         rounds += ~state.done
-        k = draft(small, state, choose, processors, stopping, cfg, counts, allowed, small_steps)
+        t0, steps0 = time.perf_counter(), counts.batch_small_calls
+        k = draft(small, state, choose, processors, stopping, cfg, counts, allowed, small_steps, auto)
+        t1 = time.perf_counter()
         accepted, new_token = verify(large, state, k, choose, processors, counts)
         accepted = commit(state, k, accepted, new_token, stopping, max_length, counts)
         if streamer is not None:
@@ -264,6 +286,9 @@ def decode(small: ModelAdapter, large: ModelAdapter, prompt, prompt_valid, proce
         keep = before + accepted
         small.rollback_to(keep)
         large.rollback_to(keep)
+        if tracker is not None:
+            tracker.learn(auto, k, accepted)
+            tracker.cost.add_round(t1 - t0, counts.batch_small_calls - steps0, time.perf_counter() - t1)
     loop_seconds = time.perf_counter() - start
     stats = counts.stats()  # the counters' one host read
     stats.loop_seconds = loop_seconds

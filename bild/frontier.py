@@ -50,8 +50,11 @@ def threshold_grid(fallbacks: list[float], rollbacks: list[float], max_small_ste
         raise SystemExit(f"bild sweep: {err}") from None
 
 
-def format_threshold(value: float) -> str:
-    """3.0 -> '3', 0.5 -> '0.5', math.inf -> 'inf': short, and read back by the command line as the same float."""
+def format_threshold(value: float | str) -> str:
+    """3.0 -> '3', 0.5 -> '0.5', math.inf -> 'inf', 'auto' -> 'auto': short, and read back by the command line as the
+    same value."""
+    if isinstance(value, str):
+        return value
     short = f"{value:g}"
     return short if float(short) == value else repr(value)
 

@@ -39,6 +39,7 @@ class BiLDGenerator:
         keep_fallback_draft: bool | None = None,
         fallback_rule: str = BiLDConfig.fallback_rule,
         drafting_guard: bool = BiLDConfig.drafting_guard,
+        cost_ratio: float | None = BiLDConfig.cost_ratio,
         tokenizer=None,
         small_tokenizer=None,
         large_tokenizer=None,
@@ -47,7 +48,7 @@ class BiLDGenerator:
         draft_vocab=None,
     ):
         self.config = BiLDConfig(fallback_threshold, rollback_threshold, max_small_steps, keep_fallback_draft,
-                                 fallback_rule, drafting_guard)
+                                 fallback_rule, drafting_guard, cost_ratio)
         compile_roles(compile)  # a bad value fails here, not at the first generate
         self.static_cache, self.compile = static_cache, compile
         self.small_tokenizer = small_tokenizer if small_tokenizer is not None else tokenizer

@@ -17,7 +17,7 @@ from transformers import GenerationConfig, LogitsProcessorList, PreTrainedModel,
 from .adapters import DecoderOnlyAdapter, EncoderDecoderAdapter, RightAlignedEncoderDecoderAdapter, encode
 from .architecture import batches_encoder_decoder, needs_row_by_row, step_cost_ratio
 from .choosers import Greedy, Sampler
-from .config import BiLDConfig
+from .config import AUTO, BiLDConfig
 from .decode import BiLDOutput, decode
 from .row_processors import for_rows
 from .stats import BiLDStats
@@ -43,6 +43,7 @@ def bild_generate(
     keep_fallback_draft: bool | None = BiLDConfig.keep_fallback_draft,
     fallback_rule: str = BiLDConfig.fallback_rule,
     drafting_guard: bool = BiLDConfig.drafting_guard,
+    cost_ratio: float | None = BiLDConfig.cost_ratio,
     bild_config: BiLDConfig | None = None,
     small_tokenizer=None,
     large_tokenizer=None,
@@ -75,12 +76,13 @@ def bild_generate(
         through `torch.compile` ("reduce-overhead", i.e. CUDA graphs, on a GPU). Drafts shorter
         than the window are padded to max_small_steps + 1 so shapes never change. True compiles
         both models; "small" or "large" only that one (the other runs eagerly on its static cache).
-    fallback_rule, drafting_guard: see `BiLDConfig`. A draft vocabulary goes in as the small model itself:
+    fallback_rule, drafting_guard, cost_ratio: see `BiLDConfig` (fallback_threshold may be "auto"). A draft vocabulary goes in as the small model itself:
         `small_model=bild.restrict_draft_vocab(small, ids)`.
     bild_profile: synchronise the device around each forward so stats.forward_seconds is exact.
     """
     cfg = bild_config if bild_config is not None else BiLDConfig(fallback_threshold, rollback_threshold, max_small_steps,
-                                                                 keep_fallback_draft, fallback_rule, drafting_guard)
+                                                                 keep_fallback_draft, fallback_rule, drafting_guard,
+                                                                 cost_ratio)
     generation_config = generation_config if generation_config is not None else model.generation_config
     vocab = check_request(model, small_model, input_ids, generation_config, small_tokenizer, large_tokenizer,
                           bild_streamer, model_kwargs)
@@ -90,7 +92,7 @@ def bild_generate(
         criteria=stopping_criteria if stopping_criteria is not None else StoppingCriteriaList(),
         cfg=cfg, max_length=generation_config.max_length, pad=_pad_token_id(generation_config),
         sampling=bool(generation_config.do_sample), generator=generator, streamer=bild_streamer, profile=bild_profile,
-        cost_ratio=step_cost_ratio(small_model, model) if cfg.drafting_guard else None,
+        cost_ratio=_cost_ratio(cfg, small_model, model),
     )
     if model.config.is_encoder_decoder:
         sequences, stats = _encoder_decoder(model, small_model, vocab, input_ids, inputs_tensor, model_kwargs, fast, run)
@@ -99,6 +101,13 @@ def bild_generate(
     if generation_config.return_dict_in_generate:
         return BiLDOutput(sequences=sequences, stats=stats)
     return sequences
+
+
+def _cost_ratio(cfg: BiLDConfig, small, large) -> float | None:
+    """A small step in large steps, for the guard and "auto": the given one, else the pair's ratio of weights read."""
+    if not (cfg.drafting_guard or cfg.fallback_threshold == AUTO):
+        return None
+    return cfg.cost_ratio if cfg.cost_ratio is not None else step_cost_ratio(small, large)
 
 
 def check_request(large, small, input_ids, generation_config, small_tokenizer, large_tokenizer, streamer, model_kwargs) -> int:
@@ -138,7 +147,7 @@ class Run:
     generator: torch.Generator | None
     streamer: object
     profile: bool
-    cost_ratio: float | None = None  # a small step in large steps, for the drafting guard
+    cost_ratio: float | None = None  # a small step in large steps, for the drafting guard and "auto"
 
 
     def decode(self, small, large, prompt, prompt_valid, rows: list[int]):

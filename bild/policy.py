@@ -102,3 +102,47 @@ def drafting_pays(rounds: np.ndarray, small_steps: np.ndarray, committed: np.nda
     same decisions on every machine.
     """
     return (rounds < min_rounds) | (rounds + cost_ratio * small_steps < committed)
+
+
+#: fallback_threshold="auto": upper edges of the confidence bins its acceptance estimates are kept in, and each
+#: bin's prior acceptance (the small model's own confidence, at the bin's middle), worth PRIOR_WEIGHT drafts.
+CONFIDENCE_EDGES = (0.3, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99)
+PRIOR_ACCEPTANCE = (0.15, 0.4, 0.55, 0.65, 0.75, 0.85, 0.925, 0.965, 0.985, 0.995)
+PRIOR_WEIGHT = 2.0
+
+
+def confidence_bins(max_probs: torch.Tensor) -> torch.Tensor:
+    """(...) max probabilities -> their bin (...) in 0..len(CONFIDENCE_EDGES): how many edges are <= p."""
+    edges = torch.tensor(CONFIDENCE_EDGES, dtype=torch.float32, device=max_probs.device)
+    return torch.bucketize(max_probs.float(), edges, right=True)
+
+
+def acceptance_table(accepted: np.ndarray, seen: np.ndarray) -> np.ndarray:
+    """(B, bins) host counts of verified drafts -> the estimated chance that a draft in each bin is accepted,
+    given that every draft before it in its round was: the prior, worth PRIOR_WEIGHT drafts, plus what was seen."""
+    prior = np.asarray(PRIOR_ACCEPTANCE)
+    return (accepted + PRIOR_WEIGHT * prior) / (seen + PRIOR_WEIGHT)
+
+
+def next_draft_acceptance(accepted: np.ndarray, seen: np.ndarray) -> np.ndarray:
+    """(B,) the estimated chance that a row's next draft is accepted, its confidence not yet known: all its
+    verified drafts, with the priors' mean worth PRIOR_WEIGHT drafts."""
+    prior = float(np.mean(PRIOR_ACCEPTANCE))
+    return (accepted.sum(-1) + PRIOR_WEIGHT * prior) / (seen.sum(-1) + PRIOR_WEIGHT)
+
+
+def drafting_stop_level(next_acceptance: np.ndarray, cost_ratio: float, committed: np.ndarray, rounds: np.ndarray,
+                        small_steps: np.ndarray) -> np.ndarray:
+    """(B,) host: fallback_threshold="auto"'s bar. A round goes on while P(every draft so far is accepted) is at
+    least this, and drafts at all only while it is at most 1.
+
+    Time in large-model steps: a round's large pass costs 1 and a small step `cost_ratio`. One more small step
+    adds P(all so far accepted) * next_acceptance expected tokens for cost_ratio: worth it while that is at
+    least cost_ratio times the row's own rate, rate = (committed + 1) / (rounds + cost_ratio * small_steps + 1)
+    tokens per step so far (one token at the large model's rate as a prior). So the bar is
+    cost_ratio * rate / next_acceptance. Before a round's first draft the chance is 1: a row whose drafts are
+    accepted less often than cost_ratio * rate stops drafting, and its rounds are plain large-model steps
+    (its rate then drifts towards 1, so it drafts again if next_acceptance > cost_ratio).
+    """
+    rate = (committed + 1) / (rounds + cost_ratio * small_steps + 1)
+    return cost_ratio * rate / np.maximum(next_acceptance, 1e-6)

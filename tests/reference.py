@@ -11,6 +11,10 @@ import math
 import torch
 
 GUARD_ROUNDS = 4  # rounds before the drafting guard judges a row (docs/decoding.md)
+# fallback_threshold "auto" (docs/decoding.md): confidence bin edges, each bin's prior acceptance, its weight.
+AUTO_EDGES = (0.3, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99)
+AUTO_PRIOR = (0.15, 0.4, 0.55, 0.65, 0.75, 0.85, 0.925, 0.965, 0.985, 0.995)
+AUTO_WEIGHT = 2.0
 
 
 def _next_logits(model, source, tokens):
@@ -66,6 +70,61 @@ def reference_bild(small, large, prompt, fb, rb, n_steps, max_new_tokens, eos, k
         counts["rounds"] += 1
         new = drafts[:accepted] + [int(logits[accepted].argmax())]
         for t in new:
+            if len(seq) >= limit or (len(seq) > len(start) and seq[-1] == eos):
+                break
+            seq.append(t)
+    return seq, counts
+
+
+def reference_auto(small, large, prompt, rb, n_steps, max_new_tokens, eos, cost_ratio):
+    """fallback_threshold "auto" with a fixed cost ratio, one row: returns (tokens, counts) as reference_bild.
+
+    Before each round: q = the row's accepted / judged drafts so far (with the priors' mean worth AUTO_WEIGHT
+    drafts), rate = (committed + 1) / (rounds + cost_ratio * small steps + 1), bar = cost_ratio * rate / q. The
+    row drafts only if the bar is at most 1; each draft multiplies the round's chance by its bin's estimated
+    acceptance (accepted + AUTO_WEIGHT * prior) / (judged + AUTO_WEIGHT), and the round stops once the chance is
+    below the bar, keeping that draft (checked exactly). After the round, every draft up to and including the
+    first rejected one is judged; those before it are accepted."""
+    enc_dec = large.config.is_encoder_decoder
+    start = [large.generation_config.decoder_start_token_id] if enc_dec else list(prompt)
+    seq = list(start)
+    limit = len(start) + max_new_tokens
+    counts = dict(rounds=0, drafted=0, accepted=0, fallbacks=0, rollbacks=0, small_steps=0)
+    bins_n = len(AUTO_EDGES) + 1
+    acc, judged = [0.0] * bins_n, [0.0] * bins_n
+    while len(seq) < limit and not (len(seq) > len(start) and seq[-1] == eos):
+        q = (sum(acc) + AUTO_WEIGHT * sum(AUTO_PRIOR) / bins_n) / (sum(judged) + AUTO_WEIGHT)
+        rate = (len(seq) - len(start) + 1) / (counts["rounds"] + cost_ratio * counts["small_steps"] + 1)
+        bar = cost_ratio * rate / q
+        drafts, unsure, bins, chance = [], [], [], 1.0
+        while bar <= 1.0 and len(drafts) < n_steps:
+            counts["small_steps"] += 1
+            probs = torch.softmax(_next_logits(small, prompt, seq + drafts)[-1], -1)
+            b = sum(e <= probs.max().item() for e in AUTO_EDGES)
+            chance *= (acc[b] + AUTO_WEIGHT * AUTO_PRIOR[b]) / (judged[b] + AUTO_WEIGHT)
+            drafts.append(int(probs.argmax()))
+            bins.append(b)
+            unsure.append(chance < bar)
+            if chance < bar:
+                counts["fallbacks"] += 1
+                break
+            if drafts[-1] == eos or len(seq) + len(drafts) >= limit:
+                break
+        counts["drafted"] += len(drafts)
+        logits = _next_logits(large, prompt, seq + drafts)[len(seq) - 1:]
+        logp = torch.log_softmax(logits, -1)
+        accepted = len(drafts)
+        for i, d in enumerate(drafts):
+            if -logp[i, d].item() > (0.0 if unsure[i] else rb) and d != int(logits[i].argmax()):
+                accepted = i
+                counts["rollbacks"] += 1
+                break
+        for i, b in enumerate(bins[: accepted + 1]):
+            judged[b] += 1
+            acc[b] += i < accepted
+        counts["accepted"] += accepted
+        counts["rounds"] += 1
+        for t in drafts[:accepted] + [int(logits[accepted].argmax())]:
             if len(seq) >= limit or (len(seq) > len(start) and seq[-1] == eos):
                 break
             seq.append(t)

@@ -156,6 +156,15 @@ def test_compare_bild_settings_become_systems():
     assert evaluate.model_paths(spec, evaluate.systems_of(spec)) == {"small": "s", "large": "l"}
 
 
+def test_auto_is_a_fallback_setting_on_the_command_line():
+    args = cli.build_parser(TRANSLATION).parse_args(
+        ["--small", "s", "--large", "l", "--bild_fallback", "auto", "--bild_rollback", "2", "--compare", "bild:auto:0,large"])
+    spec = cli.eval_spec(TRANSLATION, args)
+    assert evaluate.bild_settings(spec) == {"bild": BiLDConfig("auto", 2.0), "bild-fbauto-rb0-n10": BiLDConfig("auto", 0.0)}
+    with pytest.raises(SystemExit):
+        cli.build_parser(TRANSLATION).parse_args(["--bild_fallback", "sometimes"])
+
+
 @pytest.mark.parametrize("keep", [True, False])
 def test_a_bild_system_uses_every_field_of_its_setting(keep):
     """bild:FB:RB:N:keep|nokeep reaches the generator: with nokeep a fallback step drafts nothing (drafted tokens =

@@ -12,11 +12,11 @@ from bild.host_reads import HostReads
 from tiny_models import batch_inputs, prompts, tiny_pair
 
 
-def _generate_counting(arch, batch, fb, rb, n=6, max_new=40, **kwargs):
+def _generate_counting(arch, batch, fb, rb, n=6, max_new=40, cost_ratio=None, **kwargs):
     small, large = tiny_pair(arch, "agree", seed=0)
     inputs = batch_inputs(prompts(batch, seed=3, min_len=2), arch == "t5")
     # The guard off: this same-size pair's drafting never pays in weights read, and the bound wants drafting work.
-    gen = BiLDGenerator(small, large, fb, rb, n, drafting_guard=False)
+    gen = BiLDGenerator(small, large, fb, rb, n, drafting_guard=False, cost_ratio=cost_ratio)
     with HostReads() as reads:
         out = gen.generate(**inputs, max_new_tokens=max_new, return_dict_in_generate=True, **kwargs)
     return reads, out.stats
@@ -38,6 +38,15 @@ def test_at_most_one_read_per_draft_step_and_four_per_round(batch, fb, rb):
     assert rounds > 3 and steps > rounds  # the bound is checked on real work
     assert _own(reads) <= steps + 4 * rounds, (_own(reads), steps, rounds, reads.by_caller.most_common(8))
     assert reads.count <= _own(reads) + 2 * (steps + rounds)  # the models' own: at most a couple per forward
+
+
+@pytest.mark.parametrize("batch", [1, 8])
+def test_auto_keeps_the_bound(batch):
+    """fallback_threshold="auto": the drafts' confidence bins ride on each step's one read."""
+    reads, stats = _generate_counting("gpt2", batch, bild.AUTO, 1.0, cost_ratio=0.2)
+    steps, rounds = stats.batch_small_calls, stats.batch_large_calls
+    assert rounds > 3 and steps > rounds
+    assert _own(reads) <= steps + 4 * rounds, (_own(reads), steps, rounds, reads.by_caller.most_common(8))
 
 
 def test_reads_do_not_grow_with_the_batch():

@@ -17,7 +17,7 @@ from ..config import BiLDConfig
 from ..distill import TrainSpec
 from ..frontier import QUALITY_KEYS, threshold_list
 from .data import SPLITS, DataSpec
-from .evaluate import EvalSpec, GenerationSpec, evaluate
+from .evaluate import EvalSpec, GenerationSpec, evaluate, fallback_value
 from .prompts import PromptSpec
 from .systems import BASELINES, DraftVocabSpec, ModelSpec
 from .tasks import TASKS, Task
@@ -110,15 +110,17 @@ def build_parser(task: Task) -> argparse.ArgumentParser:
                         "alone as a baseline")
     m.add_argument("--small", help="small model (path or hub name); None: the fetched qwen2.5-coder pair")
     m.add_argument("--large", help="large model (path or hub name); None: the fetched qwen2.5-coder pair")
-    m.add_argument("--bild_fallback_threshold", "--bild_fallback", dest="fallback_threshold", type=float,
-                   default=BiLDConfig.fallback_threshold, help="fall back to the large model below this probability")
+    m.add_argument("--bild_fallback_threshold", "--bild_fallback", dest="fallback_threshold", type=fallback_value,
+                   default=BiLDConfig.fallback_threshold,
+                   help="fall back to the large model below this probability; auto: draft while the expected accepted "
+                        "tokens are worth the measured cost of a small step (learned as it goes)")
     m.add_argument("--bild_rollback_threshold", "--bild_rollback", dest="rollback_threshold", type=float,
                    default=BiLDConfig.rollback_threshold, help="roll back drafts whose large-model loss exceeds this")
     m.add_argument("--max_small_steps", type=int, default=BiLDConfig.max_small_steps,
                    help="at most this many small-model drafts per round")
     m.add_argument("--compare", default=None,
                    help=f"comma-separated systems run on the same inputs: the baselines {','.join(BASELINES)}, and more "
-                        "BiLD settings as bild:FALLBACK:ROLLBACK[:MAX_SMALL_STEPS][:keep|:nokeep] (e.g. bild:0.4:5; "
+                        "BiLD settings as bild:FALLBACK:ROLLBACK[:MAX_SMALL_STEPS][:keep|:nokeep] (e.g. bild:0.4:5, bild:auto:0; "
                         "keep/nokeep set keep_fallback_draft); None: large for the default job with no models and no "
                         "data given, otherwise none")
     m.add_argument("--bild_draft_vocab", type=int, default=None, metavar="N",

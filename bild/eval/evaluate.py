@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from .. import env, fetch
-from ..config import BiLDConfig
+from ..config import AUTO, BiLDConfig
 from .data import DataSpec, Example, load_examples
 from .prompts import PromptBuilder, PromptSpec, prompt_builder
 from .report import comparison, print_report, system_metrics
@@ -82,8 +82,13 @@ def resolve_defaults(spec: EvalSpec, default_data: str | None) -> EvalSpec:
     return dataclasses.replace(spec, **changes, options=options)
 
 
+def fallback_value(text: str) -> float | str:
+    """A fallback threshold from the command line: a number, or ``auto``."""
+    return AUTO if text == AUTO else float(text)
+
+
 def parse_bild_setting(item: str, default_steps: int) -> BiLDConfig:
-    """``bild:FALLBACK:ROLLBACK[:MAX_SMALL_STEPS][:keep|:nokeep]`` -> its config (max_small_steps from the command
+    """``bild:FALLBACK:ROLLBACK[:MAX_SMALL_STEPS][:keep|:nokeep]`` (FALLBACK a number or auto) -> its config (max_small_steps from the command
     line if left out; keep / nokeep set keep_fallback_draft, else its default)."""
     parts = item.split(":")[1:]
     keep = {"keep": True, "nokeep": False}.get(parts[-1]) if parts else None
@@ -92,7 +97,7 @@ def parse_bild_setting(item: str, default_steps: int) -> BiLDConfig:
         if len(parts) not in (2, 3):
             raise ValueError("expected two or three numbers")
         steps = int(parts[2]) if len(parts) == 3 else default_steps
-        return BiLDConfig(float(parts[0]), float(parts[1]), steps, keep)
+        return BiLDConfig(fallback_value(parts[0]), float(parts[1]), steps, keep)
     except ValueError as e:
         raise SystemExit(f"--compare: {item!r} is not a BiLD setting bild:FALLBACK:ROLLBACK[:MAX_SMALL_STEPS][:keep|:nokeep], "
                          f"e.g. bild:0.4:5 or bild:0.6:0:5 ({e}).") from None

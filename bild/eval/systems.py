@@ -10,6 +10,7 @@ from typing import Callable
 import torch
 
 from ..config import BiLDConfig
+from ..frontier import format_threshold
 from ..generator import BiLDGenerator
 from ..stats import BiLDStats
 
@@ -84,7 +85,7 @@ def is_bild_system(name: str) -> bool:
 def bild_system_name(config: BiLDConfig) -> str:
     """The system (and file) name of a further BiLD setting, e.g. ``bild-fb0.4-rb5-n10``."""
     keep = {None: "", True: "-keep", False: "-nokeep"}[config.keep_fallback_draft]
-    return f"bild-fb{config.fallback_threshold:g}-rb{config.rollback_threshold:g}-n{config.max_small_steps}{keep}"
+    return f"bild-fb{format_threshold(config.fallback_threshold)}-rb{config.rollback_threshold:g}-n{config.max_small_steps}{keep}"
 
 
 def roles_of(system: str) -> tuple[str, ...]:
