@@ -153,7 +153,7 @@ def draft(small: ModelAdapter, state: Rows, choose: Chooser, processors, stoppin
         scores = process(processors, state.seq, rows, upto[rows], logits[rows_d])
         max_p, token = choose.propose(scores, rows_d, step)
         if auto is not None:
-            bins = confidence_bins(max_p)
+            bins = confidence_bins(max_p, auto.edges)
             chain[rows_d] *= auto.table[rows_d, bins]
             fell_back = chain[rows_d] < auto.level[rows_d]
         else:
@@ -288,7 +288,7 @@ def decode(small: ModelAdapter, large: ModelAdapter, prompt, prompt_valid, proce
         large.rollback_to(keep)
         if tracker is not None:
             tracker.learn(auto, k, accepted)
-            tracker.cost.add_round(t1 - t0, counts.batch_small_calls - steps0, time.perf_counter() - t1)
+            tracker.cost.add_round(t1 - t0, counts.batch_small_calls - steps0, time.perf_counter() - t1, int(k.max()))
     loop_seconds = time.perf_counter() - start
     stats = counts.stats()  # the counters' one host read
     stats.loop_seconds = loop_seconds

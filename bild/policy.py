@@ -111,9 +111,11 @@ PRIOR_ACCEPTANCE = (0.15, 0.4, 0.55, 0.65, 0.75, 0.85, 0.925, 0.965, 0.985, 0.99
 PRIOR_WEIGHT = 2.0
 
 
-def confidence_bins(max_probs: torch.Tensor) -> torch.Tensor:
-    """(...) max probabilities -> their bin (...) in 0..len(CONFIDENCE_EDGES): how many edges are <= p."""
-    edges = torch.tensor(CONFIDENCE_EDGES, dtype=torch.float32, device=max_probs.device)
+def confidence_bins(max_probs: torch.Tensor, edges: torch.Tensor | None = None) -> torch.Tensor:
+    """(...) max probabilities -> their bin (...) in 0..len(CONFIDENCE_EDGES): how many edges are <= p.
+    edges: CONFIDENCE_EDGES as a float32 tensor on the probabilities' device (made here if not given)."""
+    if edges is None:
+        edges = torch.tensor(CONFIDENCE_EDGES, dtype=torch.float32, device=max_probs.device)
     return torch.bucketize(max_probs.float(), edges, right=True)
 
 

@@ -62,12 +62,26 @@ def test_learning_counts_drafts_up_to_the_first_rejection():
 
 def test_the_clock_skips_the_first_round_and_measures_per_step():
     clock = CostClock(0.4, measure=True)
-    clock.add_round(5.0, 3, 9.0)  # prefills: ignored
+    clock.add_round(5.0, 3, 9.0, 3)  # prefills: ignored
     assert clock.ratio == 0.4
-    clock.add_round(0.3, 3, 0.5)
-    clock.add_round(0.3, 3, 0.5)
-    assert clock.ratio == pytest.approx(0.1 / 0.5)
+    clock.add_round(0.3, 3, 0.5, 3)
+    clock.add_round(0.3, 3, 0.5, 3)
+    assert clock.ratio == pytest.approx(0.1 / 0.5)  # one width only: no per-draft cost fitted
     assert CostClock(0.4, measure=False).ratio == 0.4
+
+
+def test_the_clock_adds_what_a_draft_costs_the_large_pass():
+    clock = CostClock(0.4, measure=True)
+    clock.add_round(9.0, 1, 9.0, 1)
+    for width in (0, 2, 4, 6):  # verify = 0.5 s + 0.02 s per draft; a small step 0.1 s
+        clock.add_round(0.1 * width, width, 0.5 + 0.02 * width, width)
+    assert clock.verify_fit() == pytest.approx((0.5, 0.02))
+    assert clock.ratio == pytest.approx((0.1 + 0.02) / 0.5)
+    noisy = CostClock(0.4, measure=True)
+    noisy.add_round(0, 0, 0, 0)
+    for width, t in ((1, 0.5), (2, 0.5), (3, 2.0)):  # a stall: the slope is capped at one small step
+        noisy.add_round(0.1 * width, width, t, width)
+    assert noisy.verify_fit()[1] == pytest.approx(0.1)
 
 
 def test_config_checks():
