@@ -43,7 +43,8 @@ def verdict(first: str, second: str, fronts: dict[str, list[dict]]) -> str:
 
 
 def point_order(point: str) -> tuple[float, ...]:
-    return tuple(float(x) for x in point.split("_"))
+    """'0.4_2' -> (0.4, 2.0); an 'auto' fallback sorts after every number."""
+    return tuple(float("inf") if x == "auto" else float(x) for x in point.split("_"))
 
 
 def bild_points(sweep: dict) -> dict[str, dict]:

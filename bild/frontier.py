@@ -9,7 +9,7 @@ import io
 import math
 from pathlib import Path
 
-from .config import BiLDConfig
+from .config import AUTO, BiLDConfig
 from .eval.rundir import atomic_write_text
 
 # Quality columns of both tasks; each row has those of its task.
@@ -40,6 +40,13 @@ def threshold_list(text: str) -> list[float]:
         if value not in values:
             values.append(value)
     return values
+
+
+def fallback_list(text: str) -> list[float | str]:
+    """As threshold_list, and 'auto' (fallback_threshold="auto") may be one of the items: '0.4,auto' -> [0.4, 'auto']."""
+    items = [item.strip() for item in text.split(",")]
+    values = [AUTO if item == AUTO else threshold_list(item)[0] for item in items]
+    return list(dict.fromkeys(values))
 
 
 def threshold_grid(fallbacks: list[float], rollbacks: list[float], max_small_steps: int) -> list[BiLDConfig]:

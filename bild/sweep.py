@@ -182,7 +182,7 @@ class SweepSpec:
     task: Task
     small: str
     large: str
-    fallbacks: tuple[float, ...]
+    fallbacks: tuple[float | str, ...]  # "auto" among them for fallback_threshold="auto"
     rollbacks: tuple[float, ...]
     max_small_steps: int
     metric: str

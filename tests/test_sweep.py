@@ -42,6 +42,25 @@ def test_threshold_list_parses_inf_keeps_zero_and_drops_repeats():
     assert args.fallback == [0.0] and args.rollback == [0.0, math.inf]
 
 
+def test_auto_is_a_fallback_of_the_grid():
+    assert frontier.fallback_list("0.4, auto,0.4") == [0.4, "auto"]
+    with pytest.raises(argparse.ArgumentTypeError, match="not a number"):
+        frontier.fallback_list("0.4,often")
+    grid = frontier.threshold_grid(frontier.fallback_list("auto,0.5"), [0.0, 2.0], 10)
+    assert [frontier.point_name(c) for c in grid] == ["auto_0", "auto_2", "0.5_0", "0.5_2"]
+    args = cli.sweep_parser().parse_args(["--small", "s", "--large", "l", "--fallback", "auto,0.6"])
+    assert args.fallback == ["auto", 0.6]
+
+
+def test_a_sweep_runs_the_auto_point(decoder_pair, de_en, tmp_path):
+    out = tmp_path / "out"
+    assert cli_main(sweep_argv(decoder_pair, de_en, out, "--fallback", "auto", "--rollback", "0", "--max_samples",
+                               "2")) == 0
+    large_row, _, auto = json.loads((out / "sweep.json").read_text())["rows"]
+    assert auto["point"] == "auto_0" and auto["fallback_threshold"] == "auto"
+    assert auto["chrf"] == pytest.approx(large_row["chrf"])  # lossless
+
+
 def test_threshold_grid_validates_and_names_points():
     grid = frontier.threshold_grid([0.5, 0.9], [0.0, math.inf], 10)
     assert [frontier.point_name(c) for c in grid] == ["0.5_0", "0.5_inf", "0.9_0", "0.9_inf"]

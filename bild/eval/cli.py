@@ -15,7 +15,7 @@ from typing import Sequence
 from .. import align, sweep
 from ..config import BiLDConfig
 from ..distill import TrainSpec
-from ..frontier import QUALITY_KEYS, threshold_list
+from ..frontier import QUALITY_KEYS, fallback_list, threshold_list
 from .data import SPLITS, DataSpec
 from .evaluate import EvalSpec, GenerationSpec, evaluate, fallback_value
 from .prompts import PromptSpec
@@ -223,8 +223,9 @@ def sweep_parser(subparsers=None) -> argparse.ArgumentParser:
     add_task_argument(parser)
     add_model_arguments(parser)
     grid = parser.add_argument_group("grid and recommendation")
-    grid.add_argument("--fallback", type=threshold_list, default=threshold_list("0.3,0.5,0.7,0.9"),
-                      help="comma-separated fallback thresholds (inf = always fall back)")
+    grid.add_argument("--fallback", type=fallback_list, default=threshold_list("0.3,0.5,0.7,0.9"),
+                      help="comma-separated fallback thresholds (inf = always fall back; auto = fallback_threshold "
+                           "\"auto\", crossed with every rollback threshold like the others)")
     grid.add_argument("--rollback", type=threshold_list, default=threshold_list("1,2,3,5,inf"),
                       help="comma-separated rollback thresholds in nats (0 = lossless, inf = never roll back)")
     grid.add_argument("--max_small_steps", type=int, default=BiLDConfig.max_small_steps,
