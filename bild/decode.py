@@ -36,6 +36,7 @@ from .choosers import Chooser
 from .config import ALWAYS_FALLBACK, AUTO, BiLDConfig
 from .policy import confidence_bins, drafting_pays, fallback_mask, first_true_index
 from .row_processors import for_rows
+from .scores import ScoreRecorder, StepOutputs
 from .stats import BiLDStats, RowCounters
 
 #: Processors that read only the scores, never the prefix: one call serves rows of any prefix length.
@@ -51,6 +52,9 @@ class BiLDOutput(ModelOutput):
     """What `generate(..., return_dict_in_generate=True)` returns with BiLD."""
 
     sequences: torch.LongTensor | None = None
+    scores: tuple[torch.FloatTensor, ...] | None = None  # output_scores: the large model's processed logits per new token
+    logits: tuple[torch.FloatTensor, ...] | None = None  # output_logits: its raw logits per new token
+    small_scores: tuple[torch.FloatTensor, ...] | None = None  # output_scores: the small model's, NaN where it did not score
     stats: BiLDStats | None = None
 
 
@@ -123,13 +127,15 @@ class Stopping:
 
 
 def draft(small: ModelAdapter, state: Rows, choose: Chooser, processors, stopping: Stopping, cfg: BiLDConfig,
-          counts: RowCounters, allowed: np.ndarray, small_steps: np.ndarray, auto: AutoRound | None = None) -> np.ndarray:
+          counts: RowCounters, allowed: np.ndarray, small_steps: np.ndarray, auto: AutoRound | None = None,
+          recorder: ScoreRecorder | None = None) -> np.ndarray:
     """Small model drafts up to N tokens per active row into state.seq after each row's length; returns k (B,) host.
 
     allowed (B,) host or None (all): rows that draft this round (the others get k = 0: a plain large-model step); small_steps
     (B,) host: each drafting row's count is raised by its small steps. auto (fallback_threshold "auto"): the
     round's acceptance table and bar; the steps write each draft's confidence bin into auto.bins. One host read
-    per step: which rows fell back and which stop drafting (and, with auto, the drafts' bins)."""
+    per step: which rows fell back and which stop drafting (and, with auto, the drafts' bins). recorder: keeps each
+    step's processed scores when the small model's scores are asked for."""
     active = ~state.done
     k = np.zeros_like(state.length)
     device = state.seq.device
@@ -152,6 +158,8 @@ def draft(small: ModelAdapter, state: Rows, choose: Chooser, processors, stoppin
         rows_d, at = to_device(rows, device), to_device(upto[rows], device)
         scores = process(processors, state.seq, rows, upto[rows], logits[rows_d])
         max_p, token = choose.propose(scores, rows_d, step)
+        if recorder is not None:
+            recorder.small_step(rows, step, scores)
         if auto is not None:
             bins = confidence_bins(max_p, auto.edges)
             chain[rows_d] *= auto.table[rows_d, bins]
@@ -186,7 +194,8 @@ def draft(small: ModelAdapter, state: Rows, choose: Chooser, processors, stoppin
 
 
 def verify(large: ModelAdapter, state: Rows, k: np.ndarray, choose: Chooser, processors, counts: RowCounters):
-    """One large forward over every unseen token; returns (accepted drafts (B,), new token (B,)) on the device."""
+    """One large forward over every unseen token; returns accepted drafts (B,), the new token (B,), and the processed
+    scores and raw logits (B, K+1, V) it judged them by, on the device."""
     active = ~state.done
     device = state.seq.device
     logits = large.feed(state.seq, state.n_pad, state.length + k, active, k + 1)  # (B, K+1, V)
@@ -203,7 +212,7 @@ def verify(large: ModelAdapter, state: Rows, k: np.ndarray, choose: Chooser, pro
     accepted, new_token = choose.judge(scores, drafts, to_device(k, device), to_device(active, device),
                                        state.unsure.gather(1, draft_index))
     counts.add("large_forward_calls", to_device(np.flatnonzero(active), device), 1)
-    return accepted, new_token
+    return accepted, new_token, scores, logits
 
 
 def commit(state: Rows, k: np.ndarray, accepted, new_token, stopping: Stopping, max_length: int,
@@ -240,8 +249,9 @@ def commit(state: Rows, k: np.ndarray, accepted, new_token, stopping: Stopping, 
 
 def decode(small: ModelAdapter, large: ModelAdapter, prompt, prompt_valid, processors, criteria, choose: Chooser,
            cfg: BiLDConfig, max_length: int, pad_token_id: int, streamer=None,
-           cost_ratio: float | None = None) -> tuple[torch.Tensor, BiLDStats]:
-    """Generate for a batch of (left-padded) prompts (B, P); returns sequences (B, <= max_length) and stats.
+           cost_ratio: float | None = None, record: tuple[str, ...] = ()) -> tuple[torch.Tensor, BiLDStats, StepOutputs | None]:
+    """Generate for a batch of (left-padded) prompts (B, P); returns sequences (B, <= max_length), stats, and the
+    per-token values named in `record` ("scores", "logits", "small_scores"; see bild.scores), or None.
 
     streamer (batch 1): gets the prompt, then each round's committed tokens once verified, then end(),
     as transformers' own loops feed it. cost_ratio: a small step's cost in large steps, for the drafting
@@ -267,6 +277,7 @@ def decode(small: ModelAdapter, large: ModelAdapter, prompt, prompt_valid, proce
     if cfg.fallback_threshold == AUTO:
         clock = CostClock(cfg.cost_ratio or cost_ratio or 1.0, measure=cfg.cost_ratio is None)
         tracker = AcceptanceTracker(B, cfg.max_small_steps, clock)
+    recorder = ScoreRecorder(record, P) if record else None
     start = time.perf_counter()
     while not state.done.all():
         before = state.length.copy()
@@ -276,10 +287,12 @@ def decode(small: ModelAdapter, large: ModelAdapter, prompt, prompt_valid, proce
             allowed = auto.allowed if allowed is None else allowed & auto.allowed
         rounds += ~state.done
         t0, steps0 = time.perf_counter(), counts.batch_small_calls
-        k = draft(small, state, choose, processors, stopping, cfg, counts, allowed, small_steps, auto)
+        k = draft(small, state, choose, processors, stopping, cfg, counts, allowed, small_steps, auto, recorder)
         t1 = time.perf_counter()
-        accepted, new_token = verify(large, state, k, choose, processors, counts)
+        accepted, new_token, scores, logits = verify(large, state, k, choose, processors, counts)
         accepted = commit(state, k, accepted, new_token, stopping, max_length, counts)
+        if recorder is not None:
+            recorder.commit(before, state.length - before, scores, logits)
         if streamer is not None:
             streamer.put(state.seq[0, int(before[0]) : int(state.length[0])].cpu())
         # Both caches keep exactly the committed prefix they have seen: old length + accepted drafts.
@@ -299,4 +312,4 @@ def decode(small: ModelAdapter, large: ModelAdapter, prompt, prompt_valid, proce
     end = int(state.length.max())
     out = state.seq[:, :end].clone()
     out.masked_fill_(torch.arange(end, device=device) >= to_device(state.length, device).unsqueeze(1), pad_token_id)
-    return out, stats
+    return out, stats, recorder.assemble(B, end - P) if recorder is not None else None

@@ -124,6 +124,16 @@ class BiLDGenerator:
             check_streamer(streamer, input_ids.shape[0] * (config.num_return_sequences or 1))
         if input_ids is not None and input_ids.numel() == 0 and input_ids.shape[0] == 0:
             return input_ids
+        # transformers keeps `tokenizer=` from a custom_generate function and refuses stop strings without it:
+        # bild builds the stop-string criterion itself, with the tokenizer given here or its own.
+        tokenizer = kwargs.pop("tokenizer", None) or self.large_tokenizer or self.small_tokenizer
+        stop_strings = kwargs.pop("stop_strings", None) or config.stop_strings
+        if stop_strings and generation_config is not None and generation_config.stop_strings:
+            generation_config = copy.deepcopy(generation_config)
+            generation_config.stop_strings = None
+        if stop_strings and generation_config is None and self.large.generation_config.stop_strings:
+            generation_config = copy.deepcopy(self.large.generation_config)
+            generation_config.stop_strings = None
         return self.large.generate(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -132,11 +142,12 @@ class BiLDGenerator:
             small_model=self.drafter,
             bild_config=self.config,
             small_tokenizer=self.small_tokenizer,
-            large_tokenizer=self.large_tokenizer,
+            large_tokenizer=tokenizer,
             static_cache=self.static_cache,
             compile=self.compile,
             generator=generator,
             bild_streamer=streamer,  # transformers keeps `streamer=` from a custom_generate function
+            stop_strings=stop_strings,
             **kwargs,
         )
 

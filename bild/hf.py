@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 from transformers import GenerationConfig, LogitsProcessorList, PreTrainedModel, StoppingCriteriaList
+from transformers.generation.stopping_criteria import StopStringCriteria
 
 from .adapters import DecoderOnlyAdapter, EncoderDecoderAdapter, RightAlignedEncoderDecoderAdapter, encode
 from .architecture import batches_encoder_decoder, needs_row_by_row, step_cost_ratio
@@ -20,6 +21,7 @@ from .choosers import Greedy, Sampler
 from .config import AUTO, BiLDConfig
 from .decode import BiLDOutput, decode
 from .row_processors import for_rows
+from .scores import StepOutputs
 from .stats import BiLDStats
 from .validation import check_generation_config, check_left_padding, check_lengths, check_pair
 
@@ -52,6 +54,7 @@ def bild_generate(
     compile: bool | str = False,
     generator: torch.Generator | None = None,
     bild_streamer=None,
+    stop_strings: str | list[str] | None = None,
     inputs_tensor: torch.Tensor | None = None,
     **model_kwargs,
 ):
@@ -78,6 +81,12 @@ def bild_generate(
         both models; "small" or "large" only that one (the other runs eagerly on its static cache).
     fallback_rule, drafting_guard, cost_ratio: see `BiLDConfig` (fallback_threshold may be "auto"). A draft vocabulary goes in as the small model itself:
         `small_model=bild.restrict_draft_vocab(small, ids)`.
+    stop_strings: end a row when its text ends with one of these, judged on verified tokens only (as
+        `StopStringCriteria`), with `large_tokenizer` (or `small_tokenizer`): transformers does not hand its own
+        `tokenizer=` to a custom_generate function. `BiLDGenerator.generate(..., stop_strings=...)` passes its own.
+    output_scores / output_logits (generation config, with return_dict_in_generate): the large model's processed
+        scores / raw logits per generated token, as `large.generate` returns them, and the small model's processed
+        scores as `small_scores` (see `bild.scores`).
     bild_profile: synchronise the device around each forward so stats.forward_seconds is exact.
     """
     cfg = bild_config if bild_config is not None else BiLDConfig(fallback_threshold, rollback_threshold, max_small_steps,
@@ -86,21 +95,48 @@ def bild_generate(
     generation_config = generation_config if generation_config is not None else model.generation_config
     vocab = check_request(model, small_model, input_ids, generation_config, small_tokenizer, large_tokenizer,
                           bild_streamer, model_kwargs)
+    stopping_criteria = with_stop_strings(stopping_criteria, stop_strings, large_tokenizer, small_tokenizer)
     fast = FastPath.build(static_cache, compile_roles(compile), cfg, generation_config.max_length, input_ids, model)
     run = Run(
         processors=logits_processor if logits_processor is not None else LogitsProcessorList(),
         criteria=stopping_criteria if stopping_criteria is not None else StoppingCriteriaList(),
         cfg=cfg, max_length=generation_config.max_length, pad=_pad_token_id(generation_config),
         sampling=bool(generation_config.do_sample), generator=generator, streamer=bild_streamer, profile=bild_profile,
-        cost_ratio=_cost_ratio(cfg, small_model, model),
+        cost_ratio=_cost_ratio(cfg, small_model, model), record=recorded_fields(generation_config),
     )
     if model.config.is_encoder_decoder:
-        sequences, stats = _encoder_decoder(model, small_model, vocab, input_ids, inputs_tensor, model_kwargs, fast, run)
+        sequences, stats, steps = _encoder_decoder(model, small_model, vocab, input_ids, inputs_tensor, model_kwargs, fast, run)
     else:
-        sequences, stats = _decoder_only(model, small_model, vocab, input_ids, model_kwargs.get("attention_mask"), fast, run)
+        sequences, stats, steps = _decoder_only(model, small_model, vocab, input_ids, model_kwargs.get("attention_mask"), fast,
+                                                run)
     if generation_config.return_dict_in_generate:
-        return BiLDOutput(sequences=sequences, stats=stats)
+        return BiLDOutput(sequences=sequences, stats=stats, **(steps.as_tuples() if steps is not None else {}))
     return sequences
+
+
+def recorded_fields(generation_config: GenerationConfig) -> tuple[str, ...]:
+    """What the decode loop keeps per token: output_scores -> scores (and the small model's), output_logits -> logits;
+    nothing unless return_dict_in_generate, as transformers."""
+    if not generation_config.return_dict_in_generate:
+        return ()
+    return (("scores", "small_scores") if generation_config.output_scores else ()) + \
+        (("logits",) if generation_config.output_logits else ())
+
+
+def with_stop_strings(criteria: StoppingCriteriaList | None, stop_strings, large_tokenizer, small_tokenizer):
+    """The stopping criteria plus transformers' own StopStringCriteria for `stop_strings` (None: unchanged)."""
+    if not stop_strings:
+        return criteria
+    tokenizer = large_tokenizer if large_tokenizer is not None else small_tokenizer
+    if tokenizer is None:
+        raise ValueError(
+            "stop_strings need the tokenizer, and transformers does not pass `tokenizer=` on to a custom_generate "
+            "function. Pass it as large_tokenizer=tok (large.generate(..., custom_generate=bild_generate, "
+            "large_tokenizer=tok, stop_strings=...)), or use BiLDGenerator(small, large, tokenizer=tok).generate(...)."
+        )
+    out = StoppingCriteriaList(criteria or [])
+    out.append(StopStringCriteria(tokenizer=tokenizer, stop_strings=stop_strings))
+    return out
 
 
 def _cost_ratio(cfg: BiLDConfig, small, large) -> float | None:
@@ -148,6 +184,7 @@ class Run:
     streamer: object
     profile: bool
     cost_ratio: float | None = None  # a small step in large steps, for the drafting guard and "auto"
+    record: tuple[str, ...] = ()  # per-token values to return (bild.scores)
 
 
     def decode(self, small, large, prompt, prompt_valid, rows: list[int]):
@@ -156,7 +193,7 @@ class Run:
         choose = Sampler(self.cfg.rollback_threshold, B, self.cfg.max_small_steps, self.generator) if self.sampling \
             else Greedy(self.cfg.rollback_threshold)
         return decode(small, large, prompt, prompt_valid, for_rows(self.processors, rows), self.criteria, choose,
-                      self.cfg, self.max_length, self.pad, self.streamer, self.cost_ratio)
+                      self.cfg, self.max_length, self.pad, self.streamer, self.cost_ratio, self.record)
 
 
 def _decoder_only(model, small_model, vocab, input_ids, mask, fast: "FastPath", run: Run):
@@ -168,17 +205,13 @@ def _decoder_only(model, small_model, vocab, input_ids, mask, fast: "FastPath", 
     valid = torch.ones_like(input_ids, dtype=torch.bool) if mask is None else mask.to(device).bool()
     B = input_ids.shape[0]
     groups = [[r] for r in range(B)] if B > 1 and needs_row_by_row(model) else [list(range(B))]
-    outs, parts = [], []
+    results = []
     for rows in groups:
         g = slice(rows[0], rows[-1] + 1)
         small = DecoderOnlyAdapter(small_model, len(rows), device, vocab, sync=run.profile, **fast.options(small_model, "small"))
         large = DecoderOnlyAdapter(model, len(rows), device, sync=run.profile, **fast.options(model, "large"))
-        seq, st = run.decode(small, large, input_ids[g], valid[g], rows)
-        outs.append(seq)
-        parts.append(st)
-    if len(outs) == 1:
-        return outs[0], parts[0]
-    return _stack_rows(outs, run.pad), BiLDStats.concat(parts)
+        results.append(run.decode(small, large, input_ids[g], valid[g], rows))
+    return _joined(results, run.pad)
 
 
 def _encoder_decoder(model, small_model, vocab, input_ids, inputs_tensor, model_kwargs, fast: "FastPath", run: Run):
@@ -211,16 +244,23 @@ def _encoder_decoder(model, small_model, vocab, input_ids, inputs_tensor, model_
         return EncoderDecoderAdapter(m, 1, device, vocab_size, sync=run.profile, **fast.options(m, role),
                                      encoder_outputs=encoder_outputs, encoder_mask=None if mask is None else mask.to(m.device))
 
-    outs, parts = [], []
+    results = []
     for r in range(input_ids.shape[0]):
         mask_r = None if source_mask is None else source_mask[r : r + 1]
         small = adapter(small_model, "small", vocab, _row(small_enc, r // per_source), mask_r)
         large = adapter(model, "large", None, _row(large_enc, r), mask_r)
-        seq, st = run.decode(small, large, input_ids[r : r + 1], torch.ones_like(input_ids[r : r + 1], dtype=torch.bool),
-                             [r])
-        outs.append(seq)
-        parts.append(st)
-    return _stack_rows(outs, run.pad), BiLDStats.concat(parts)
+        results.append(run.decode(small, large, input_ids[r : r + 1],
+                                  torch.ones_like(input_ids[r : r + 1], dtype=torch.bool), [r]))
+    return _joined(results, run.pad)
+
+
+def _joined(results: list[tuple], pad: int):
+    """(sequences, stats, per-token values) of row groups decoded separately, as one batch."""
+    if len(results) == 1:
+        return results[0]
+    outs, parts, steps = zip(*results)
+    return (_stack_rows(list(outs), pad), BiLDStats.concat(list(parts)),
+            StepOutputs.concat(list(steps)) if steps[0] is not None else None)
 
 
 def _stack_rows(outs: list[torch.Tensor], pad: int) -> torch.Tensor:

@@ -102,8 +102,9 @@ def check_pair(small: PreTrainedModel, large: PreTrainedModel, small_tokenizer=N
 _UNSUPPORTED = (
     ("num_beams", lambda v: v is not None and v > 1, "beam search (num_beams > 1)", "num_beams=1"),
     ("penalty_alpha", lambda v: v is not None and v > 0, "contrastive search (penalty_alpha)", "penalty_alpha=None"),
-    ("output_scores", bool, "output_scores", "output_scores=False"),
-    ("output_logits", bool, "output_logits", "output_logits=False"),
+    ("guidance_scale", lambda v: v is not None and v != 1, "classifier-free guidance (guidance_scale != 1: its processor "
+     "runs the large model on the unconditional prompt one token at a time, which a verify pass over several tokens "
+     "cannot feed)", "guidance_scale=None"),
     ("output_attentions", bool, "output_attentions", "output_attentions=False"),
     ("output_hidden_states", bool, "output_hidden_states", "output_hidden_states=False"),
     ("prompt_lookup_num_tokens", lambda v: v is not None, "prompt lookup decoding", "prompt_lookup_num_tokens=None"),

@@ -68,7 +68,8 @@ def test_encoder_decoder_with_decoder_only(pair):
     [
         (dict(num_beams=2), "does not support beam search"),
         (dict(num_beams=2, do_sample=True), "does not support beam search"),
-        (dict(output_scores=True), "output_scores"),
+        (dict(output_hidden_states=True, return_dict_in_generate=True), "output_hidden_states"),
+        (dict(guidance_scale=3.0), "classifier-free guidance"),
     ],
 )
 def test_unsupported_generation_modes(pair, inputs, kwargs, message):

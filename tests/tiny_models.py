@@ -100,3 +100,17 @@ def batch_inputs(rows: list[list[int]], encoder_decoder: bool):
         else:
             ids[i, width - len(r):], mask[i, width - len(r):] = torch.tensor(r), 1
     return {"input_ids": ids, "attention_mask": mask}
+
+
+def char_tokenizer():
+    """A tokenizer over the tiny models' 48 ids, no downloads: special tokens, the letters a-z, the digits and a few
+    two-letter merges (so a stop string can end inside a token or span several), joined without spaces."""
+    from tokenizers import Tokenizer, decoders, models
+    from transformers import PreTrainedTokenizerFast
+
+    merges = [("a", "b"), ("b", "c"), ("c", "a"), ("x", "y"), ("z", "z"), ("d", "e")]
+    vocab = ["<pad>", "<s>", "</s>", *"abcdefghijklmnopqrstuvwxyz", *"0123456789", *("".join(m) for m in merges), ".", "!", "?"]
+    assert len(vocab) == VOCAB
+    tok = Tokenizer(models.BPE({t: i for i, t in enumerate(vocab)}, merges, unk_token="<pad>"))
+    tok.decoder = decoders.Fuse()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>")
