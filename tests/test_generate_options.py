@@ -199,3 +199,74 @@ def test_small_scores_are_the_small_models_where_it_drafted(mode):
     assert scored.float().mean() > 0.5  # the small model scored most positions
     assert got.isnan().any()  # and not the ones the large model wrote without a draft
     torch.testing.assert_close(got[scored], want[scored], atol=1e-4, rtol=1e-4)
+
+
+# ---- every option alone: large greedy's answer, or bild's own refusal before generation ----------------------
+
+class _EveryOtherToken:
+    """A user's own logits processor: bans the token after the last one (reads the prefix)."""
+
+    def __call__(self, input_ids, scores):
+        scores = scores.clone()
+        scores[torch.arange(len(scores)), (input_ids[:, -1] + 1) % scores.shape[-1]] = float("-inf")
+        return scores
+
+
+OPTIONS = {
+    "repetition_penalty": dict(repetition_penalty=1.5),
+    "no_repeat_ngram_size": dict(no_repeat_ngram_size=2),
+    "bad_words_ids": dict(bad_words_ids=[[5], [7, 8]]),
+    "min_new_tokens": dict(min_new_tokens=10),
+    "min_length": dict(min_length=12),
+    "suppress_tokens": dict(suppress_tokens=[3, 4, 5]),
+    "begin_suppress_tokens": dict(begin_suppress_tokens=[3, 4]),
+    "forced_bos_token_id": dict(forced_bos_token_id=9),
+    "forced_eos_token_id": dict(forced_eos_token_id=EOS),
+    "sequence_bias": dict(sequence_bias={(6,): 4.0, (7, 8): -3.0}),
+    "exponential_decay_length_penalty": dict(exponential_decay_length_penalty=(4, 1.5)),
+    "renormalize_logits": dict(renormalize_logits=True),
+    "eos_token_id list": dict(eos_token_id=[EOS, 11]),
+    "max_length": dict(max_length=14, max_new_tokens=None),
+    "encoder_repetition_penalty": dict(encoder_repetition_penalty=1.4),
+    "encoder_no_repeat_ngram_size": dict(encoder_no_repeat_ngram_size=2),
+    "logits_processor": dict(logits_processor=LogitsProcessorList([_EveryOtherToken()])),
+    "stop_strings": dict(stop_strings=["ca", "7"]),
+    "output_scores+logits": dict(return_dict_in_generate=True, output_scores=True, output_logits=True),
+    "guidance_scale": dict(guidance_scale=2.0),
+    "output_attentions": dict(return_dict_in_generate=True, output_attentions=True),
+    "output_hidden_states": dict(return_dict_in_generate=True, output_hidden_states=True),
+    "num_beams": dict(num_beams=2),
+    "penalty_alpha (contrastive)": dict(penalty_alpha=0.5, top_k=4),
+    "prompt_lookup_num_tokens": dict(prompt_lookup_num_tokens=3),
+    "greedy num_return_sequences": dict(num_return_sequences=2),
+    "cache_implementation static": dict(cache_implementation="static"),
+}
+#: Options bild refuses with its own error (the reason is in the message); greedy num_return_sequences > 1 is refused by
+#: transformers itself, as it is for large.generate.
+REFUSED = {"guidance_scale", "output_attentions", "output_hidden_states", "num_beams", "penalty_alpha (contrastive)",
+           "prompt_lookup_num_tokens", "greedy num_return_sequences", "cache_implementation static"}
+ENCODER_ONLY_OPTIONS = {"encoder_repetition_penalty", "encoder_no_repeat_ngram_size"}
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("option", sorted(OPTIONS))
+def test_each_generate_option_is_exact_or_refused(arch, option, tok):
+    if option in ENCODER_ONLY_OPTIONS and arch not in ("t5", "bart"):
+        pytest.skip("an encoder-decoder option")
+    small, large = tiny_pair(arch, "agree" if arch in ("gpt2", "t5") else "disagree")
+    inputs = _inputs(arch, batch=2, seed=4)
+    kw = dict(max_new_tokens=16, do_sample=False)
+    kw.update(OPTIONS[option])
+    kw = {k: v for k, v in kw.items() if v is not None}
+    extra = dict(tokenizer=tok) if option == "stop_strings" else {}
+    generator = bild.BiLDGenerator(small, large, rollback_threshold=0.0, tokenizer=tok)
+    if option in REFUSED:
+        with pytest.raises(ValueError, match="BiLD|bild|num_return_sequences"):
+            generator.generate(**inputs, **kw)
+        return
+    ref = large.generate(**inputs, **kw, **extra)
+    out = generator.generate(**inputs, **kw)
+    if isinstance(ref, torch.Tensor):
+        assert torch.equal(out, ref)
+    else:
+        assert torch.equal(out.sequences, ref.sequences)
