@@ -9,6 +9,10 @@ What differs between transformers releases stays here: the `past_key_values` -> 
 rename (5.17 vs 5.24), whether a model takes `logits_to_keep`, and `Cache.crop`, which since 5.18
 removes `-n` tokens and rejects the old absolute-length form.
 
+Masks: where a model's own mask code would read the device (transformers checks whether a 2-D mask is all
+ones before it builds the 4-D one), the adapter builds that same 4-D mask itself with transformers' own mask
+function and passes it prepared (`prepared_mask_implementation`); elsewhere it passes the 2-D mask.
+
 Shapes: B = rows, T = tokens fed this call, L = cache slots, V = vocabulary.
 """
 
@@ -21,10 +25,69 @@ import numpy as np
 import torch
 from transformers import DynamicCache, EncoderDecoderCache, PreTrainedModel, StaticCache
 from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer, StaticLayer, StaticSlidingWindowLayer
+from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, bidirectional_mask_function, causal_mask_function
+
+from .architecture import _layer_types, sliding_window
 
 
 def _forward_params(model: PreTrainedModel) -> set[str]:
     return set(inspect.signature(model.forward).parameters)
+
+
+#: transformers modeling modules (transformers.models.<name>.modeling_<name>) whose decoder uses its attention mask
+#: only through masking_utils' `create_causal_mask` (for the T5s: the decoder mask, and the source mask only through
+#: `create_bidirectional_mask`), which returns a prepared 4-D mask as it is. Read in the 5.17 and 5.24 sources; what
+#: else a listed model does with the 2-D mask is dead code here: OPT and BioGPT derive positions from it only without
+#: position ids, GPT-2 and CTRL reshape it only when it has fewer than 4 dimensions, Qwen2/Qwen3/SmolLM3 also take a
+#: dict. Not listed, so they keep the 2-D mask: Falcon (ALiBi from the 2-D mask), LongT5 (its decoder turns no mask
+#: into an all-ones one, which transformers then checks), the BERT family (bidirectional unless configured as
+#: decoders), and every module not read (a model's remote code, a subclass defined elsewhere).
+PREPARED_MASK_MODULES = frozenset({
+    "apertus", "apertus1p5", "arcee", "aria", "axk1", "biogpt", "bitnet", "codegen", "cohere", "ctrl", "deepseek_v2",
+    "deepseek_v3", "diffllama", "doge", "ernie4_5", "ernie4_5_moe", "flex_olmo", "gemma", "glm", "glm4", "glm4_moe",
+    "glm4_moe_lite", "gpt2", "gpt_bigcode", "gpt_neox", "gpt_neox_japanese", "gptj", "granite", "granitemoe",
+    "granitemoeshared", "helium", "hunyuan_v1_dense", "hunyuan_v1_moe", "hy_v3", "hyperclovax", "jais2", "jetmoe",
+    "llama", "longcat_flash", "minicpm3", "minimax_m2", "ministral3", "mixtral", "nanochat", "nemotron", "olmo",
+    "olmo2", "olmoe", "opt", "persimmon", "phi", "phi3", "phimoe", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe",
+    "seed_oss", "smollm3", "solar_open", "stablelm", "starcoder2", "xglm", "youtu",
+    "t5", "mt5", "umt5",
+})
+#: Attention implementations whose masking_utils mask is a plain 4-D tensor (bool for sdpa, additive float for eager).
+#: Flash attention takes the 2-D mask itself (and reads it); flex builds a compiled block mask.
+_PREPARED_MASK_IMPLEMENTATIONS = ("sdpa", "eager")
+
+
+def _decoder_of(model: PreTrainedModel):
+    return model.get_decoder() if model.config.is_encoder_decoder else model
+
+
+def prepared_mask_implementation(model: PreTrainedModel) -> str | None:
+    """The attention implementation ("sdpa" or "eager") whose 4-D masks the adapter builds for this model, or None
+    where it passes today's 2-D mask.
+
+    Exact where the model's own code would build the same mask from the 2-D one and use nothing else of it: a listed
+    module (PREPARED_MASK_MODULES), every layer full causal attention (no sliding window, chunks or bidirectional
+    parts, which get masks of their own per layer type), sdpa or eager attention, and float embeddings (whose dtype
+    is the one an eager mask is built in).
+    """
+    module = type(model).__module__.split(".")
+    if len(module) != 4 or module[:2] != ["transformers", "models"] or module[3] != f"modeling_{module[2]}":
+        return None
+    if module[2] not in PREPARED_MASK_MODULES:
+        return None
+    config = _decoder_of(model).config
+    impl = getattr(config, "_attn_implementation", None)
+    if impl not in _PREPARED_MASK_IMPLEMENTATIONS:
+        return None
+    if getattr(config, "is_causal", True) is False or getattr(model.config, "is_causal", True) is False:
+        return None
+    if set(_layer_types(model)) != {"full_attention"} or sliding_window(model) is not None:
+        return None
+    embeddings = model.get_input_embeddings()
+    weight = getattr(embeddings, "weight", None)
+    if not isinstance(weight, torch.Tensor) or not weight.is_floating_point():
+        return None
+    return impl
 
 
 def crop_cache(cache, tokens_to_remove: int) -> None:
@@ -96,6 +159,10 @@ class ModelAdapter:
         self.cache_kw = "cache" if "cache" in params else "past_key_values"
         self.keeps_logits = "logits_to_keep" in params
         self.cache = self._new_cache()
+        # The 4-D masks built here (None: pass the 2-D mask), in the dtype the model's own eager mask would have.
+        self.mask_impl = prepared_mask_implementation(model)
+        self.mask_config = _decoder_of(model).config if self.mask_impl else None
+        self.mask_dtype = model.get_input_embeddings().weight.dtype if self.mask_impl else None
         self.slot_index = np.empty((batch_size, 0), dtype=np.int64)  # (B, L) host, -1 = none
         self.slot_valid = np.empty((batch_size, 0), dtype=bool)  # (B, L) host
         self.seen = np.zeros(batch_size, dtype=np.int64)  # (B,) host: sequence prefix in the cache
@@ -215,6 +282,31 @@ class ModelAdapter:
         mask: host (B, L + T) bool over cache slots and block tokens, or None where no slot is a hole."""
         raise NotImplementedError
 
+    def _self_attention_mask(self, mask: np.ndarray | None, q_length: int):
+        """The decoder's attention mask for one forward of `q_length` tokens: None, the 2-D or the prepared 4-D mask.
+
+        The 4-D mask is the one the model's `create_causal_mask` builds from the 2-D mask: the same mask function
+        (causal and the padding mask), the sizes and offsets it reads from the same cache layer (the first: every
+        layer is full attention), the model's dtype. It skips only the check whether the mask can be dropped for
+        sdpa's `is_causal` (a read of the device), whose answer is no: a mask is passed only where a slot in the
+        window is a hole."""
+        if mask is None:
+            return None
+        padding = to_device(mask, self.device)
+        if self.mask_impl is None:
+            return padding.long()
+        cache = self.cache.self_attention_cache if isinstance(self.cache, EncoderDecoderCache) else self.cache
+        kv_length, kv_offset = cache.get_mask_sizes(q_length, 0)
+        q_offset = cache.get_query_offset(0)
+        if isinstance(q_offset, torch.Tensor):  # a static layer's write pointer
+            q_offset = q_offset.to(self.device)
+        return ALL_MASK_ATTENTION_FUNCTIONS[self.mask_impl](
+            batch_size=padding.shape[0], q_length=q_length, kv_length=kv_length, q_offset=q_offset,
+            kv_offset=kv_offset, mask_function=causal_mask_function, attention_mask=padding, allow_is_causal_skip=False,
+            allow_is_bidirectional_skip=False, dtype=self.mask_dtype, config=self.mask_config, use_vmap=False,
+            device=self.device,
+        )
+
 
 class DecoderOnlyAdapter(ModelAdapter):
     """GPT-2, Llama, Qwen2, ...: rows share one cache; holes and left padding are masked and
@@ -228,7 +320,7 @@ class DecoderOnlyAdapter(ModelAdapter):
             kwargs["logits_to_keep"] = keep
         out = forward(
             input_ids=tokens.to(self.device),
-            attention_mask=None if mask is None else to_device(mask, self.device).long(),
+            attention_mask=self._self_attention_mask(mask, tokens.shape[1]),
             position_ids=to_device(positions, self.device),
             use_cache=True,
             **kwargs,
@@ -253,6 +345,12 @@ class EncoderDecoderAdapter(ModelAdapter):
         self.encoder_outputs = encoder_outputs
         self.encoder_mask = encoder_mask
         super().__init__(model, batch_size, work_device, vocab_size, **kwargs)
+        self.source_padding = None  # the source mask as transformers' mask functions take it, for prepared masks
+        if self.mask_impl is not None and encoder_mask is not None:
+            if bool(encoder_mask.all()):  # one read, here instead of one per forward
+                self.encoder_mask = None  # transformers drops an all-ones source mask: drop it once
+            else:
+                self.source_padding = encoder_mask.to(self.device, torch.bool)
 
     def _new_cache(self):
         if self.static_length is not None:
@@ -275,13 +373,28 @@ class EncoderDecoderAdapter(ModelAdapter):
             kwargs["logits_to_keep"] = keep
         out = forward(
             encoder_outputs=self.encoder_outputs,
-            attention_mask=self.encoder_mask,
+            attention_mask=self._cross_attention_mask(tokens.shape[1]),
             decoder_input_ids=tokens.to(self.device),
-            decoder_attention_mask=None if mask is None else to_device(mask, self.device).long(),
+            decoder_attention_mask=self._self_attention_mask(mask, tokens.shape[1]),
             use_cache=True,
             **kwargs,
         )
         return out.logits[:, -keep:]
+
+    def _cross_attention_mask(self, q_length: int):
+        """The source mask for one forward: the 2-D mask, or the prepared 4-D one that the decoder's
+        `create_bidirectional_mask` builds from it (sizes from the mask, no cache; the encoder states' dtype).
+        Prepared only where the source has padding (an all-ones mask was dropped in __init__), so transformers
+        would not drop it either."""
+        padding = self.source_padding
+        if padding is None:
+            return self.encoder_mask
+        return ALL_MASK_ATTENTION_FUNCTIONS[self.mask_impl](
+            batch_size=padding.shape[0], q_length=q_length, kv_length=padding.shape[-1], q_offset=0, kv_offset=0,
+            mask_function=bidirectional_mask_function, attention_mask=padding, allow_is_causal_skip=False,
+            allow_is_bidirectional_skip=False, dtype=self.encoder_outputs.last_hidden_state.dtype,
+            config=self.mask_config, use_vmap=False, device=self.device,
+        )
 
 
 class RightAlignedEncoderDecoderAdapter(EncoderDecoderAdapter):
