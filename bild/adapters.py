@@ -27,7 +27,7 @@ from transformers import DynamicCache, EncoderDecoderCache, PreTrainedModel, Sta
 from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer, StaticLayer, StaticSlidingWindowLayer
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, bidirectional_mask_function, causal_mask_function
 
-from .architecture import _layer_types, sliding_window
+from .architecture import layer_types, sliding_window
 
 
 def _forward_params(model: PreTrainedModel) -> set[str]:
@@ -81,7 +81,7 @@ def prepared_mask_implementation(model: PreTrainedModel) -> str | None:
         return None
     if getattr(config, "is_causal", True) is False or getattr(model.config, "is_causal", True) is False:
         return None
-    if set(_layer_types(model)) != {"full_attention"} or sliding_window(model) is not None:
+    if set(layer_types(model)) != {"full_attention"} or sliding_window(model) is not None:
         return None
     embeddings = model.get_input_embeddings()
     weight = getattr(embeddings, "weight", None)
@@ -346,6 +346,7 @@ class EncoderDecoderAdapter(ModelAdapter):
         self.encoder_mask = encoder_mask
         super().__init__(model, batch_size, work_device, vocab_size, **kwargs)
         self.source_padding = None  # the source mask as transformers' mask functions take it, for prepared masks
+        self._source_masks: dict[int, torch.Tensor] = {}  # prepared source masks by query length (fixed per call)
         if self.mask_impl is not None and encoder_mask is not None:
             if bool(encoder_mask.all()):  # one read, here instead of one per forward
                 self.encoder_mask = None  # transformers drops an all-ones source mask: drop it once
@@ -385,16 +386,18 @@ class EncoderDecoderAdapter(ModelAdapter):
         """The source mask for one forward: the 2-D mask, or the prepared 4-D one that the decoder's
         `create_bidirectional_mask` builds from it (sizes from the mask, no cache; the encoder states' dtype).
         Prepared only where the source has padding (an all-ones mask was dropped in __init__), so transformers
-        would not drop it either."""
+        would not drop it either. It depends only on the query length, so each width is built once per call."""
         padding = self.source_padding
         if padding is None:
             return self.encoder_mask
-        return ALL_MASK_ATTENTION_FUNCTIONS[self.mask_impl](
-            batch_size=padding.shape[0], q_length=q_length, kv_length=padding.shape[-1], q_offset=0, kv_offset=0,
-            mask_function=bidirectional_mask_function, attention_mask=padding, allow_is_causal_skip=False,
-            allow_is_bidirectional_skip=False, dtype=self.encoder_outputs.last_hidden_state.dtype,
-            config=self.mask_config, use_vmap=False, device=self.device,
-        )
+        if q_length not in self._source_masks:
+            self._source_masks[q_length] = ALL_MASK_ATTENTION_FUNCTIONS[self.mask_impl](
+                batch_size=padding.shape[0], q_length=q_length, kv_length=padding.shape[-1], q_offset=0, kv_offset=0,
+                mask_function=bidirectional_mask_function, attention_mask=padding, allow_is_causal_skip=False,
+                allow_is_bidirectional_skip=False, dtype=self.encoder_outputs.last_hidden_state.dtype,
+                config=self.mask_config, use_vmap=False, device=self.device,
+            )
+        return self._source_masks[q_length]
 
 
 class RightAlignedEncoderDecoderAdapter(EncoderDecoderAdapter):

@@ -41,7 +41,7 @@ def _decoder_config(model: PreTrainedModel):
     return model.config.get_text_config(decoder=True)
 
 
-def _layer_types(model: PreTrainedModel) -> list[str]:
+def layer_types(model: PreTrainedModel) -> list[str]:
     try:
         return get_layer_types_and_kwargs(_decoder_config(model))[0]
     except Exception:  # configs without per-layer information: one kind of layer
@@ -111,7 +111,7 @@ def check_architecture(model: PreTrainedModel, name: str = "large") -> None:
     reason = _REFUSED_TYPES.get(getattr(model.config, "model_type", None))
     if reason:
         raise ValueError(f"BiLD cannot run the {name} model ({kind}) exactly: {reason}. Use the model's own generate.")
-    other = sorted(set(_layer_types(model)) - _KV_LAYER_TYPES)
+    other = sorted(set(layer_types(model)) - _KV_LAYER_TYPES)
     recurrent = [t for t in other if t in _RECURRENT_LAYER_TYPES]
     if recurrent:
         raise ValueError(

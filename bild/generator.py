@@ -128,11 +128,9 @@ class BiLDGenerator:
         # bild builds the stop-string criterion itself, with the tokenizer given here or its own.
         tokenizer = kwargs.pop("tokenizer", None) or self.large_tokenizer or self.small_tokenizer
         stop_strings = kwargs.pop("stop_strings", None) or config.stop_strings
-        if stop_strings and generation_config is not None and generation_config.stop_strings:
-            generation_config = copy.deepcopy(generation_config)
-            generation_config.stop_strings = None
-        if stop_strings and generation_config is None and self.large.generation_config.stop_strings:
-            generation_config = copy.deepcopy(self.large.generation_config)
+        source = generation_config if generation_config is not None else self.large.generation_config
+        if stop_strings and source.stop_strings:  # a copy without them: the caller's config stays as it was
+            generation_config = copy.deepcopy(source)
             generation_config.stop_strings = None
         return self.large.generate(
             input_ids=input_ids,
