@@ -42,8 +42,9 @@ class CostClock:
 
     Measured: a draft costs one small step (the drafting phase's wall time per small-model step) plus the
     widening of that round's large pass by one position; a round's verify-and-commit wall time is fitted as
-    base + per_draft * drafts (least squares over the rounds; per_draft kept in [0, one small step], and 0
-    until three rounds of different widths are seen). The cost is (small step + per_draft) / base.
+    base + per_draft * drafts (least squares over the rounds; per_draft kept in [0, base], and 0 until three rounds of
+    different widths are seen). Until the call has measured its own, `prior` stands in: the cost model's
+    (`bild.costs.PairCosts.draft_cost_ratio`) where one was consulted, else the pair's ratio of weights read. The cost is (small step + per_draft) / base.
     """
 
     def __init__(self, prior: float, measure: bool):
@@ -69,8 +70,11 @@ class CostClock:
         var = ww / n - mean_w * mean_w
         per_draft = 0.0
         if n >= 3 and var > 1e-9:
-            step = self.draft_seconds / self.draft_steps
-            per_draft = min(max((wt / n - mean_w * mean_t) / var, 0.0), step)
+            # Not clamped to a small step (where a wide pass costs more than a step, as on CPUs without native
+            # matrix units for the dtype, a draft's share of it can be most of a large step), only kept >= 0 and
+            # at most the fitted pass without drafts (base >= per_draft: a stall in one round is not read as a
+            # draft costing more than a whole pass).
+            per_draft = min(max((wt / n - mean_w * mean_t) / var, 0.0), mean_t / (mean_w + 1))
         base = mean_t - per_draft * mean_w
         return (base, per_draft) if base > 0 else (mean_t, 0.0)
 

@@ -7,6 +7,8 @@ import os
 import platform
 from importlib import metadata
 
+from .hardware import hardware_summary
+
 
 def cpu_model() -> str:
     try:
@@ -36,6 +38,7 @@ def environment() -> dict:
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "cuda": torch.cuda.is_available(),
+        **hardware_summary("cuda" if torch.cuda.is_available() else "cpu"),
     }
     # The installed distributions' versions: not every package has a __version__ (rouge_score, gguf).
     for name in ("accelerate", "datasets", "sacrebleu", "rouge_score", "gguf"):

@@ -8,11 +8,13 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, PreTrainedModel
 
 from .config import BiLDConfig
+from .costs import measure_pair_costs
 from .draft_vocab import restrict_draft_vocab
+from .hardware import fastest_dtype, rule_dtype
 from .hf import bild_generate, check_streamer, compile_roles
 from .validation import check_generation_config, check_pair
 
-_FORWARDED_TO_BILD = ("small_model", "custom_generate", "bild_config", "small_tokenizer", "large_tokenizer",
+_FORWARDED_TO_BILD = ("small_model", "custom_generate", "bild_config", "cost_model", "small_tokenizer", "large_tokenizer",
                       "static_cache", "compile", "bild_streamer")
 
 
@@ -22,6 +24,9 @@ class BiLDGenerator:
     `generate` takes what `large.generate` takes and returns what it would return (greedy, or sampling
     when the generation config says do_sample=True); with `return_dict_in_generate=True` the output also
     carries BiLD's `stats`.
+
+    cost_model: a `bild.costs.PairCosts` for fallback_threshold="auto" to decide from (None: measured on first use,
+    see `generator.costs`).
 
     draft_vocab: token ids the small model drafts from (e.g. `bild.frequent_tokens(tok, texts, 16384)`): a
     cheaper small step; the large model still verifies every token, so exactness is unchanged (see
@@ -46,6 +51,7 @@ class BiLDGenerator:
         static_cache: bool = False,
         compile: bool | str = False,
         draft_vocab=None,
+        cost_model=None,
     ):
         self.config = BiLDConfig(fallback_threshold, rollback_threshold, max_small_steps, keep_fallback_draft,
                                  fallback_rule, drafting_guard, cost_ratio)
@@ -57,6 +63,15 @@ class BiLDGenerator:
         self.small, self.large = small, large
         # What drafts: the small model itself, or a view of it scoring only draft_vocab (the small model is unchanged).
         self.drafter = small if draft_vocab is None else restrict_draft_vocab(small, draft_vocab)
+        self.cost_model = cost_model  # a bild.costs.PairCosts to decide from, or None (measured when needed)
+
+    @property
+    def costs(self):
+        """The pair's cost model on its device and dtype (`bild.costs.PairCosts`): the one given, else measured
+        once per process (a few forwards of each model)."""
+        if self.cost_model is None:
+            self.cost_model = measure_pair_costs(self.drafter, self.large, max_width=self.config.max_small_steps + 1)
+        return self.cost_model
 
     @classmethod
     def from_pretrained(
@@ -77,15 +92,25 @@ class BiLDGenerator:
         **kwargs,
     ) -> "BiLDGenerator":
         """Load both models (hub names or local folders); the remaining kwargs (dtype, device_map, ...) go to both
-        `from_pretrained` calls. BiLD's own keywords (tokenizers, static_cache, compile, draft_vocab) are BiLDGenerator's, as
+        `from_pretrained` calls; dtype="auto" is bild's (`bild.hardware`): fast on this machine. BiLD's own keywords (tokenizers, static_cache, compile, draft_vocab) are BiLDGenerator's, as
         in its constructor; a tokenizer given for a model is used instead of loading that model's."""
         given = (small_tokenizer if small_tokenizer is not None else tokenizer,
                  large_tokenizer if large_tokenizer is not None else tokenizer)
         models, tokenizers = [], []
-        for name, own in zip((small, large), given):
+        # dtype="auto" means fast on this machine (bild.hardware), not "as stored": bfloat16 where it is native,
+        # else whichever of float32 and bfloat16 measured forwards find faster (per model).
+        measure = kwargs.get("dtype") == "auto"
+        if measure:
+            device = "cuda" if kwargs.get("device_map") is not None and torch.cuda.is_available() else "cpu"
+            rule = rule_dtype(device)
+            kwargs = {**kwargs, "dtype": rule} if rule is not None else kwargs
+            measure = rule is None
+        for name, own, width in zip((small, large), given, (1, max_small_steps // 2 + 1)):
             config = AutoConfig.from_pretrained(name, trust_remote_code=kwargs.get("trust_remote_code", False))
             auto = AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM
             models.append(auto.from_pretrained(name, **kwargs).eval())
+            if measure:
+                fastest_dtype(models[-1], width)
             tokenizers.append(own if own is not None else _load_tokenizer(name) if load_tokenizers else None)
         return cls(
             models[0], models[1], fallback_threshold, rollback_threshold, max_small_steps,
@@ -146,6 +171,7 @@ class BiLDGenerator:
             generator=generator,
             bild_streamer=streamer,  # transformers keeps `streamer=` from a custom_generate function
             stop_strings=stop_strings,
+            cost_model=self.cost_model,
             **kwargs,
         )
 

@@ -19,7 +19,9 @@ from .adapters import DecoderOnlyAdapter, EncoderDecoderAdapter, RightAlignedEnc
 from .architecture import batches_encoder_decoder, needs_row_by_row, step_cost_ratio
 from .choosers import Greedy, Sampler
 from .config import AUTO, BiLDConfig
+from .costs import PairCosts
 from .decode import BiLDOutput, decode
+from .plan import costs_for, drafts_at_all, large_alone, warn_large_alone
 from .row_processors import for_rows
 from .scores import StepOutputs
 from .stats import BiLDStats
@@ -55,6 +57,7 @@ def bild_generate(
     generator: torch.Generator | None = None,
     bild_streamer=None,
     stop_strings: str | list[str] | None = None,
+    cost_model: PairCosts | None = None,
     inputs_tensor: torch.Tensor | None = None,
     **model_kwargs,
 ):
@@ -87,6 +90,10 @@ def bild_generate(
     output_scores / output_logits (generation config, with return_dict_in_generate): the large model's processed
         scores / raw logits per generated token, as `large.generate` returns them, and the small model's processed
         scores as `small_scores` (see `bild.scores`).
+    cost_model: a `bild.costs.PairCosts` to decide from instead of measuring one (fallback_threshold "auto" measures
+        the pair once per process and device when cost_ratio is None). Under "auto", where even every draft accepted
+        cannot beat the large model alone (`PairCosts.drafting_can_pay`), the call is the large model's own loop
+        and a warning says so; otherwise its draft cost seeds "auto"'s cost per draft. stats.costs holds it.
     bild_profile: synchronise the device around each forward so stats.forward_seconds is exact.
     """
     cfg = bild_config if bild_config is not None else BiLDConfig(fallback_threshold, rollback_threshold, max_small_steps,
@@ -96,19 +103,27 @@ def bild_generate(
     vocab = check_request(model, small_model, input_ids, generation_config, small_tokenizer, large_tokenizer,
                           bild_streamer, model_kwargs)
     stopping_criteria = with_stop_strings(stopping_criteria, stop_strings, large_tokenizer, small_tokenizer)
+    costs = costs_for(cfg, small_model, model, cost_model)
+    if not drafts_at_all(cfg, costs):
+        warn_large_alone(costs, cfg, small_model, model)
+        return large_alone(model, input_ids, logits_processor if logits_processor is not None else LogitsProcessorList(),
+                           stopping_criteria if stopping_criteria is not None else StoppingCriteriaList(),
+                           generation_config, bild_streamer, model_kwargs, _pad_token_id(generation_config), costs, cfg)
     fast = FastPath.build(static_cache, compile_roles(compile), cfg, generation_config.max_length, input_ids, model)
     run = Run(
         processors=logits_processor if logits_processor is not None else LogitsProcessorList(),
         criteria=stopping_criteria if stopping_criteria is not None else StoppingCriteriaList(),
         cfg=cfg, max_length=generation_config.max_length, pad=_pad_token_id(generation_config),
         sampling=bool(generation_config.do_sample), generator=generator, streamer=bild_streamer, profile=bild_profile,
-        cost_ratio=_cost_ratio(cfg, small_model, model), record=recorded_fields(generation_config),
+        cost_ratio=costs.draft_cost_ratio(cfg.max_small_steps) if costs is not None else _cost_ratio(cfg, small_model, model),
+        record=recorded_fields(generation_config),
     )
     if model.config.is_encoder_decoder:
         sequences, stats, steps = _encoder_decoder(model, small_model, vocab, input_ids, inputs_tensor, model_kwargs, fast, run)
     else:
         sequences, stats, steps = _decoder_only(model, small_model, vocab, input_ids, model_kwargs.get("attention_mask"), fast,
                                                 run)
+    stats.costs = costs.to_dict() if costs is not None else None
     if generation_config.return_dict_in_generate:
         return BiLDOutput(sequences=sequences, stats=stats, **(steps.as_tuples() if steps is not None else {}))
     return sequences

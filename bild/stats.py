@@ -44,6 +44,10 @@ class BiLDStats:
     # forward_seconds split by model (not part of total(): callers that sum rows never see them)
     small_forward_seconds: float = 0.0
     large_forward_seconds: float = 0.0
+    # "on", or "off: ..." where fallback_threshold="auto" found that drafting cannot pay (bild.plan); the cost model
+    # the call decided from (bild.costs.PairCosts.to_dict()), or None where no costs were consulted.
+    drafting: str = "on"
+    costs: dict | None = None
 
     @classmethod
     def zeros(cls, batch_size: int) -> "BiLDStats":
@@ -56,6 +60,8 @@ class BiLDStats:
         for name in ("batch_small_calls", "batch_large_calls", "forward_seconds", "loop_seconds",
                      "small_forward_seconds", "large_forward_seconds"):
             setattr(out, name, sum(getattr(p, name) for p in parts))
+        if parts:
+            out.drafting, out.costs = parts[0].drafting, parts[0].costs
         return out
 
     def add(self, name: str, row: int, value: int = 1) -> None:

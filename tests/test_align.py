@@ -28,7 +28,10 @@ ROOT = Path(__file__).resolve().parent.parent
 # Overfitting settings: a high learning rate and enough steps that the small model learns its few
 # training targets by heart, so that its agreement with the large model must rise on them.
 OVERFIT = ("--learning_rate", "1e-2", "--num_train_epochs", "8", "--per_device_train_batch_size", "2",
-           "--max_new_tokens", "6", "--batch_size", "3", "--eval_samples", "2")
+           "--max_new_tokens", "6", "--batch_size", "3", "--eval_samples", "2",
+           # The teacher in the dtype the student trains in: dtype "auto" picks bfloat16 on CPUs that have it, and a
+           # random tiny pair's bfloat16 greedy outputs differ from its float32 ones at near-ties.
+           "--dtype", "float32")
 
 
 # ---------------------------------------------------------------------------------------------

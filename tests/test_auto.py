@@ -79,9 +79,18 @@ def test_the_clock_adds_what_a_draft_costs_the_large_pass():
     assert clock.ratio == pytest.approx((0.1 + 0.02) / 0.5)
     noisy = CostClock(0.4, measure=True)
     noisy.add_round(0, 0, 0, 0)
-    for width, t in ((1, 0.5), (2, 0.5), (3, 2.0)):  # a stall: the slope is capped at one small step
+    for width, t in ((1, 0.5), (2, 0.5), (3, 2.0)):  # a stall: the slope is capped at the pass without drafts
         noisy.add_round(0.1 * width, width, t, width)
-    assert noisy.verify_fit()[1] == pytest.approx(0.1)
+    base, per_draft = noisy.verify_fit()
+    assert per_draft == pytest.approx(1 / 3) and base == pytest.approx(per_draft)
+    # A CPU without native matrix units: each draft widens the pass by 0.45 s, far more than a 0.1 s small step.
+    # The widening is counted in full (it used to be clamped to one small step, which hid that drafting cannot pay).
+    wide = CostClock(0.4, measure=True)
+    wide.add_round(9.0, 1, 9.0, 1)
+    for width in (0, 1, 2, 3):
+        wide.add_round(0.1 * width, width, 0.5 + 0.45 * width, width)
+    assert wide.verify_fit() == pytest.approx((0.5, 0.45))
+    assert wide.ratio == pytest.approx((0.1 + 0.45) / 0.5)
 
 
 def test_config_checks():

@@ -114,3 +114,15 @@ def char_tokenizer():
     tok = Tokenizer(models.BPE({t: i for i, t in enumerate(vocab)}, merges, unk_token="<pad>"))
     tok.decoder = decoders.Fuse()
     return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>")
+
+
+def injected_costs(two_token_pass: float, small_step: float = 0.3, max_width: int = 11, large_step: float = 0.1):
+    """A cost model with made-up numbers (seconds), for decisions under known costs: a large step of `large_step`,
+    a pass over w tokens costing (1 + (two_token_pass - 1) * (w - 1)) steps (1.0: as on a GPU, any width costs a
+    step; 2.0: no gain from width, as float32 on an AVX2-only CPU), a small step of `small_step` large steps."""
+    from bild.costs import ModelCosts, PairCosts
+
+    large = ModelCosts({w: large_step * (1 + (two_token_pass - 1) * (w - 1)) for w in (1, 2, 3, 5, max_width)},
+                       large_step / 4, "float32", 64)
+    small = ModelCosts({1: small_step * large_step}, small_step * large_step / 4, "float32", 64)
+    return PairCosts(small, large, device="cpu")

@@ -48,7 +48,7 @@ def add_model_arguments(p: argparse.ArgumentParser, device_map: bool = True,
     group = p.add_argument_group("models")
     group.add_argument("--small", required=True, help="small model (folder or hub name)")
     group.add_argument("--large", required=True, help="large model (folder or hub name)")
-    add_device_arguments(group, device_map, device_help, "model weights' dtype for generation (auto: as stored)")
+    add_device_arguments(group, device_map, device_help, "model weights' dtype for generation (auto: bfloat16 where the device computes it natively, else the faster one measured)")
     return group
 
 
@@ -130,7 +130,7 @@ def build_parser(task: Task) -> argparse.ArgumentParser:
                    help="JSON Lines file whose references choose --bild_draft_vocab's tokens (None: --train_file); "
                         "never the file evaluated on")
     add_device_arguments(m, True, "cpu, cuda, cuda:1, mps, ... (auto: accelerate's choice)",
-                         "model weights' dtype (auto: as stored)")
+                         "model weights' dtype (auto: bfloat16 where the device computes it natively, else the faster one measured)")
     add_data_arguments(p, task, split_help="split to evaluate (None: test, or the only file given)")
     add_prompt_arguments(p, task, batch_help="examples per generate call")
     add_output_arguments(p, "where predictions and metrics go; rerun with the same folder to resume "

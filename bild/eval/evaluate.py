@@ -16,6 +16,7 @@ import torch
 
 from .. import env, fetch
 from ..config import AUTO, BiLDConfig
+from ..hardware import hardware_summary
 from .data import DataSpec, Example, load_examples
 from .prompts import PromptBuilder, PromptSpec, prompt_builder
 from .report import comparison, print_report, system_metrics
@@ -23,7 +24,7 @@ from .timing import ContentionMonitor
 from .rundir import RunDir, atomic_write_json, fingerprint
 from .runner import TIMING, RunContext, System, run_systems
 from .systems import (BASELINES, DraftVocabSpec, LoadedModels, ModelSpec, bild_system_name, cpu_only, eos_token_ids,
-                      load_models, resolve_device, roles_of)
+                      load_models, model_dtypes, resolve_device, roles_of)
 from .tasks import Task
 
 DEFAULT_PAIR = "qwen2.5-coder"
@@ -236,6 +237,10 @@ def evaluate(spec: EvalSpec, argv: list[str], default_data: str | None = None) -
     if state.is_main_process:
         report_reuse(run_dir, systems, examples)
     loaded = load_models(paths, spec.models, device)
+    dtypes = model_dtypes(loaded.models)
+    hw = hardware_summary(device)
+    print(f"Models: {', '.join(f'{r} {d}' for r, d in dtypes.items())} (--dtype {spec.models.dtype}) on {device}, "
+          f"{env.cpu_model()} [{' '.join(hw['cpu_flags'])}], bfloat16 native: {hw['bf16_native']}", flush=True)
     ctx = run_context(task, loaded, spec.data, spec.prompt, spec.generation, state)
     draft_vocab = None
     if spec.draft_vocab is not None and spec.model == "bild":
@@ -250,11 +255,13 @@ def evaluate(spec: EvalSpec, argv: list[str], default_data: str | None = None) -
         return None
     for system in systems:
         run_dir.merge(system, examples)
-    return finish(task, systems, examples, run_dir, settings, ctx.prompts, thresholds, contention)
+    return finish(task, systems, examples, run_dir, settings, ctx.prompts, thresholds, contention,
+                  {"dtypes": dtypes, **hw, "cpu": env.cpu_model()})
 
 
 def finish(task: Task, systems: list[str], examples: list[Example], run_dir: RunDir, settings: dict,
-           prompts: PromptBuilder, bild_thresholds: dict[str, BiLDConfig], contention: dict | None = None) -> dict:
+           prompts: PromptBuilder, bild_thresholds: dict[str, BiLDConfig], contention: dict | None = None,
+           hardware: dict | None = None) -> dict:
     """metrics.json from the merged predictions, and the report.
 
     contention: what `ContentionMonitor` saw while this invocation generated (a resumed run only
@@ -273,6 +280,8 @@ def finish(task: Task, systems: list[str], examples: list[Example], run_dir: Run
         "output_dir": str(run_dir.path),
         "fingerprint": fingerprint(settings),
         "models": settings["models"],
+        # What the models generated in and on what (dtype "auto" resolves per machine).
+        "hardware": hardware,
         "thresholds": settings["thresholds"],
         # As resolved for the tokenizer, where config.json has the options as given.
         "prompt": {"template": prompts.template, "prefix": prompts.prefix},

@@ -12,6 +12,7 @@ import torch
 from ..config import BiLDConfig
 from ..frontier import format_threshold
 from ..generator import BiLDGenerator
+from ..hardware import fastest_dtype, rule_dtype
 from ..stats import BiLDStats
 
 BASELINES = ("large", "small", "assisted")
@@ -30,7 +31,8 @@ GenerateFn = Callable[[dict, dict], tuple[list[torch.Tensor], "BiLDStats | None"
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """How models are loaded: weights' dtype ("auto": as stored), device ("auto": accelerate's), device_map."""
+    """How models are loaded: weights' dtype ("auto": fast on the device, `bild.hardware`), device ("auto":
+    accelerate's), device_map."""
 
     dtype: str = "auto"
     device: str = "auto"
@@ -117,23 +119,40 @@ def is_encoder_decoder(path: str) -> bool:
     return bool(AutoConfig.from_pretrained(path).is_encoder_decoder)
 
 
-def load_model(path: str, dtype: str, device: torch.device, device_map: str | None):
-    """A causal or seq2seq LM in eval mode, on `device` (or spread by `device_map`)."""
+def load_model(path: str, dtype: str, device: torch.device, device_map: str | None, width: int = 1):
+    """A causal or seq2seq LM in eval mode, on `device` (or spread by `device_map`).
+
+    dtype "auto": fast on this machine (`bild.hardware`): bfloat16 where the device computes it natively, else the
+    dtype that measured forwards find faster for the job (`width`: tokens per pass, 1 for a drafting model)."""
     from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
     auto = AutoModelForSeq2SeqLM if is_encoder_decoder(path) else AutoModelForCausalLM
-    torch_dtype = dtype if dtype == "auto" else getattr(torch, dtype)
+    torch_dtype = getattr(torch, dtype) if dtype != "auto" else (rule_dtype(device) or "auto")
     if device_map:
-        return auto.from_pretrained(path, dtype=torch_dtype, device_map=device_map).eval()
-    return auto.from_pretrained(path, dtype=torch_dtype).to(device).eval()
+        model = auto.from_pretrained(path, dtype=torch_dtype, device_map=device_map).eval()
+    else:
+        model = auto.from_pretrained(path, dtype=torch_dtype).to(device).eval()
+    if torch_dtype == "auto":  # no rule for this device: measure
+        fastest_dtype(model, width)
+    return model
+
+
+#: tokens per pass a role's model mostly runs (the large model verifies drafts; the others decode step by step).
+ROLE_WIDTH = {"large": 5}
 
 
 def load_models(paths: dict[str, str], spec: ModelSpec, device: torch.device) -> LoadedModels:
     """Every model of `paths` (role -> path) and its tokenizer."""
     encoder_decoder = is_encoder_decoder(next(iter(paths.values())))
-    models = {role: load_model(path, spec.dtype, device, spec.device_map) for role, path in paths.items()}
+    models = {role: load_model(path, spec.dtype, device, spec.device_map, ROLE_WIDTH.get(role, 1))
+              for role, path in paths.items()}
     tokenizers = {role: maybe_tokenizer(path, encoder_decoder) for role, path in paths.items()}
     return LoadedModels(models, tokenizers, encoder_decoder)
+
+
+def model_dtypes(models: dict) -> dict[str, str]:
+    """role -> the dtype each model generates in (for headers and metrics.json)."""
+    return {role: str(next(m.parameters()).dtype).replace("torch.", "") for role, m in models.items()}
 
 
 def new_tokens(sequences: torch.Tensor, inputs: dict, encoder_decoder: bool) -> list[torch.Tensor]:

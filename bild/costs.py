@@ -1,0 +1,201 @@
+"""A measured cost model of a pair on its device and dtype: what drafting can gain there, and whether it pays.
+
+    costs = bild.measure_pair_costs(small, large, max_width=11)
+    costs.ceiling(10)            # the speed-up if every draft were accepted, best round length
+    costs.speedup(4, 0.7)        # 4 drafts a round, each accepted with probability 0.7
+    costs.best_round(0.7, 10)    # the round length that is fastest at that acceptance (0: do not draft)
+
+Speculative decoding pays when a large-model pass over a few tokens costs about one step and a small step costs
+much less than a large one. On a GPU and on CPUs with native bfloat16 matrix units that holds; on a CPU without
+them a pass over 2 tokens can cost 2x a step, and then no round length beats the large model alone. This module
+measures the numbers (a few forwards, on the models as they are: device, dtype, attention) and the pure functions
+below turn them into decisions; tests give them injected costs.
+
+Time is in seconds; a round of n drafts costs n small steps plus one large pass over n + 1 tokens, and yields its
+accepted drafts plus one token of the large model's (the correction, or the bonus after all n were accepted), so
+with per-draft acceptance a it yields 1 + a + ... + a^n tokens (drafts are judged in order; the first rejected one
+ends the round).
+"""
+
+from __future__ import annotations
+
+import inspect
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+
+import torch
+from transformers import DynamicCache, EncoderDecoderCache, PreTrainedModel
+
+#: drafting is worth trying only if its ceiling (every draft accepted) is at least this: real drafts are rejected
+#: now and then and each round has loop overhead, so a ceiling of barely 1.0 would mean slower in practice.
+PAYS_MARGIN = 1.1
+
+
+@dataclass(frozen=True)
+class ModelCosts:
+    """One model on its device and dtype: seconds of a one-token cached step, of a cached pass over `width`
+    tokens (`passes`, width -> seconds; width 1 is the step), and of prefill per prompt token."""
+
+    passes: dict[int, float]
+    prefill_per_token: float
+    dtype: str = ""
+    context: int = 0
+
+    @property
+    def step(self) -> float:
+        return self.passes[1]
+
+    def pass_seconds(self, width: int) -> float:
+        """A pass over `width` tokens: the measured widths, linear in between and past the widest measured."""
+        if width in self.passes:
+            return self.passes[width]
+        ws = sorted(self.passes)
+        lo = max((w for w in ws if w < width), default=ws[0])
+        hi = min((w for w in ws if w > width), default=None)
+        if hi is None:  # past the widest: the last slope
+            lo, hi = (ws[-2], ws[-1]) if len(ws) > 1 else (ws[0], ws[0])
+        if hi == lo:
+            return self.passes[lo]
+        slope = (self.passes[hi] - self.passes[lo]) / (hi - lo)
+        return max(self.passes[lo] + slope * (width - lo), 0.0)
+
+    def job_seconds(self, prompt_tokens: int, new_tokens: int, width: int = 1) -> float:
+        """Prefill plus `new_tokens` at `width` tokens per pass (1: plain decoding)."""
+        return self.prefill_per_token * prompt_tokens + new_tokens / width * self.pass_seconds(width)
+
+
+@dataclass(frozen=True)
+class PairCosts:
+    """The pair's cost model: each model's costs on its own device and dtype (they may differ)."""
+
+    small: ModelCosts
+    large: ModelCosts
+    device: str = ""
+    note: dict = field(default_factory=dict)
+
+    def round_seconds(self, drafts: int) -> float:
+        return drafts * self.small.step + self.large.pass_seconds(drafts + 1)
+
+    def speedup(self, drafts: int, acceptance: float) -> float:
+        """Expected tokens per second of rounds of `drafts` drafts, over the large model's one token per step."""
+        tokens = sum(acceptance ** k for k in range(drafts + 1))
+        return tokens * self.large.step / self.round_seconds(drafts)
+
+    def best_round(self, acceptance: float, max_drafts: int) -> tuple[int, float]:
+        """(drafts, speed-up) of the fastest round length at this acceptance; (0, 1.0) when no drafting is faster."""
+        best = (0, 1.0)
+        for n in range(1, max_drafts + 1):
+            s = self.speedup(n, acceptance)
+            if s > best[1]:
+                best = (n, s)
+        return best
+
+    def ceiling(self, max_drafts: int) -> float:
+        """The best speed-up with every draft accepted."""
+        return self.best_round(1.0, max_drafts)[1]
+
+    def drafting_can_pay(self, max_drafts: int) -> bool:
+        return self.ceiling(max_drafts) >= PAYS_MARGIN
+
+    def draft_cost_ratio(self, drafts: int) -> float:
+        """What one more draft costs, in large steps: a small step plus its share of the widened large pass."""
+        widening = (self.large.pass_seconds(drafts + 1) - self.large.step) / max(drafts, 1)
+        return (self.small.step + max(widening, 0.0)) / self.large.step
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def summary(self, max_drafts: int) -> str:
+        """One line for headers and warnings."""
+        w = max_drafts + 1
+        return (f"small step {1000 * self.small.step:.1f} ms ({self.small.dtype}), large step "
+                f"{1000 * self.large.step:.1f} ms ({self.large.dtype}), large pass over {w} tokens "
+                f"{1000 * self.large.pass_seconds(w):.1f} ms ({self.large.pass_seconds(w) / self.large.step:.2f}x a "
+                f"step), ceiling {self.ceiling(max_drafts):.2f}x (every draft accepted)")
+
+
+def default_widths(max_width: int) -> tuple[int, ...]:
+    """The pass widths measured: 1, 2, 3, 5 and the widest (others are interpolated)."""
+    return tuple(sorted({w for w in (1, 2, 3, 5, max_width) if 1 <= w <= max_width}))
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@torch.no_grad()
+def measure_model(model: PreTrainedModel, widths: tuple[int, ...], context: int = 64, repeats: int = 3,
+                  seed: int = 0) -> ModelCosts:
+    """Time a prefill of `context` tokens and cached passes over each width after it (medians of `repeats`, the
+    widths rotated each repeat), on random tokens. A few forwards; the model is left as it was."""
+    device = model.device
+    g = torch.Generator().manual_seed(seed)
+    vocab = model.get_output_embeddings().weight.shape[0]
+    ids = torch.randint(4, vocab, (1, context + max(widths)), generator=g).to(device)
+    encdec = model.config.is_encoder_decoder
+    kwargs = {}
+    if encdec:
+        kwargs["encoder_outputs"] = model.get_encoder()(input_ids=ids[:, :context])
+        key = "decoder_input_ids"
+    else:
+        key = "input_ids"
+
+    def new_cache():
+        return EncoderDecoderCache(DynamicCache(), DynamicCache()) if encdec else DynamicCache()
+
+    cache_kw = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+    def forward(tokens, cache, past):
+        positions = torch.arange(past, past + tokens.shape[1], device=device)
+        return model(**{key: tokens, cache_kw: cache}, use_cache=True, cache_position=positions, **kwargs)
+
+    prefill = []
+    for _ in range(2):  # the first one warms up
+        cache = new_cache()
+        _sync(device)
+        t = time.perf_counter()
+        forward(ids[:, :context], cache, 0)
+        _sync(device)
+        prefill.append(time.perf_counter() - t)
+    times: dict[int, list[float]] = {w: [] for w in widths}
+    forward(ids[:, context:context + 1], cache, context)  # warm the cached path
+    for r in range(repeats):
+        order = list(widths[r % len(widths):]) + list(widths[:r % len(widths)])
+        for w in order:
+            extra = cache.get_seq_length() - context
+            if extra > 0:
+                cache.crop(-extra)
+            _sync(device)
+            t = time.perf_counter()
+            forward(ids[:, context:context + w], cache, context)
+            _sync(device)
+            times[w].append(time.perf_counter() - t)
+    dtype = str(next(model.parameters()).dtype).replace("torch.", "")
+    return ModelCosts({w: statistics.median(v) for w, v in times.items()}, prefill[-1] / context, dtype, context)
+
+
+_MEASURED: dict[tuple, PairCosts] = {}
+
+
+def _key(small: PreTrainedModel, large: PreTrainedModel, max_width: int) -> tuple:
+    def one(m):
+        p = next(m.parameters())
+        return id(m), str(p.device), str(p.dtype), m.config._attn_implementation
+    return one(small), one(large), max_width
+
+
+def measure_pair_costs(small: PreTrainedModel, large: PreTrainedModel, max_width: int = 11, context: int = 64,
+                       repeats: int = 3, cached: bool = True) -> PairCosts:
+    """The pair's cost model on the models' devices and dtypes. With `cached` it is measured once per process for
+    each pair, device, dtype and attention implementation (about 3 x 5 forwards of each model)."""
+    key = _key(small, large, max_width)
+    if cached and key in _MEASURED:
+        return _MEASURED[key]
+    widths = default_widths(max_width)
+    costs = PairCosts(measure_model(small, (1,), context, repeats), measure_model(large, widths, context, repeats),
+                      device=str(large.device))
+    if cached:
+        _MEASURED[key] = costs
+    return costs

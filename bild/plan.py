@@ -1,0 +1,80 @@
+"""Whether a call drafts at all: with fallback_threshold="auto", the pair's measured cost model (`bild.costs`) says
+if even all-accepted drafting can beat the large model alone on this device; where it cannot, the call is the
+large model's own cached loop (transformers' sampling/greedy loop, nothing of BiLD's), and a warning says so once
+per pair and device, with the numbers."""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+
+from .config import AUTO, BiLDConfig
+from .costs import PAYS_MARGIN, PairCosts, measure_pair_costs
+from .stats import BiLDStats
+
+_WARNED: set[tuple] = set()
+
+
+def costs_for(cfg: BiLDConfig, small, large, given: PairCosts | None) -> PairCosts | None:
+    """The cost model a call decides from: the one given, else measured (once per process) under "auto" when no
+    cost_ratio fixes the costs; None otherwise (fixed thresholds never consult costs)."""
+    if given is not None:
+        return given
+    if cfg.fallback_threshold == AUTO and cfg.cost_ratio is None:
+        return measure_pair_costs(small, large, max_width=cfg.max_small_steps + 1)
+    return None
+
+
+def drafts_at_all(cfg: BiLDConfig, costs: PairCosts | None) -> bool:
+    """Pure: False only under "auto" when the cost model's ceiling (every draft accepted) stays below the margin."""
+    return not (cfg.fallback_threshold == AUTO and costs is not None and not costs.drafting_can_pay(cfg.max_small_steps))
+
+
+def warn_large_alone(costs: PairCosts, cfg: BiLDConfig, small, large) -> None:
+    """Once per pair of models and cost model in a process."""
+    key = (id(small), id(large), costs.device, costs.small.dtype, costs.large.dtype, costs.large.step)
+    if key in _WARNED:
+        return
+    _WARNED.add(key)
+    warnings.warn(
+        f"BiLD: drafting cannot pay for this pair on this device ({costs.summary(cfg.max_small_steps)}), so "
+        f"fallback_threshold=\"auto\" decodes with the large model alone. {why_not(costs)} Pass a number as "
+        "fallback_threshold to draft anyway.", RuntimeWarning, stacklevel=3)
+
+
+def why_not(costs: PairCosts) -> str:
+    """Pure: the one-sentence reason a cost model's ceiling is low."""
+    small = costs.small.step / costs.large.step
+    two = costs.large.pass_seconds(2) / costs.large.step
+    if small >= 0.5:
+        return f"The small model's step costs {small:.2f} of the large model's."
+    if two >= 1.5:
+        return (f"A large pass over 2 tokens costs {two:.2f}x a one-token step (on a CPU, usually a dtype it has no "
+                "native matrix units for: try another dtype).")
+    return f"A small step costs {small:.2f} of a large one and a pass over 2 tokens {two:.2f}x a step."
+
+
+def large_alone(model, input_ids, logits_processor, stopping_criteria, generation_config, streamer, model_kwargs,
+                pad_token_id: int, costs: PairCosts, cfg: BiLDConfig):
+    """transformers' own cached decoding loop for `model` (what `model.generate` runs), with BiLD's output type."""
+    from .decode import BiLDOutput
+
+    if streamer is not None:
+        streamer.put(input_ids.cpu())
+    kwargs = {k: v for k, v in model_kwargs.items() if k != "inputs_tensor"}
+    out = model._sample(input_ids, logits_processor=logits_processor, stopping_criteria=stopping_criteria,
+                        generation_config=generation_config, synced_gpus=False, streamer=streamer, **kwargs)
+    sequences = out if isinstance(out, torch.Tensor) else out.sequences
+    steps = sequences.shape[1] - input_ids.shape[1]
+    stats = BiLDStats.zeros(sequences.shape[0])
+    new = (sequences[:, input_ids.shape[1]:] != pad_token_id).sum(1).tolist()
+    stats.bonus_tokens = list(new)
+    stats.large_forward_calls = list(new)
+    stats.batch_large_calls = steps
+    stats.drafting = f"off: ceiling {costs.ceiling(cfg.max_small_steps):.2f}x < {PAYS_MARGIN}x (bild.costs)"
+    stats.costs = costs.to_dict()
+    if not generation_config.return_dict_in_generate:
+        return sequences
+    return BiLDOutput(sequences=sequences, stats=stats, scores=getattr(out, "scores", None),
+                      logits=getattr(out, "logits", None))
