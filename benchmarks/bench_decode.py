@@ -41,6 +41,7 @@ from bild import AUTO, BiLDGenerator
 from bild.env import environment
 from bild.eval.rundir import atomic_write_json
 from bild.eval.systems import DraftVocabSpec
+from bild.hardware import fastest_dtype, rule_dtype
 from bild.eval.tasks import TRANSLATION
 from bild.eval.timing import ContentionMonitor, contention_warning, paired_bootstrap_ci, rotated
 
@@ -57,7 +58,8 @@ def parse_args(argv=None):
     p.add_argument("--prompts", help="JSON lines file; default: tiny random prompts")
     p.add_argument("--max_samples", type=int, default=10, help="first N prompts")
     p.add_argument("--max_new_tokens", type=int, default=64, help="new tokens per prompt at most")
-    p.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"], help="weights' dtype")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                   help="weights' dtype (auto: bfloat16 where the device computes it natively, else measured per model)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
     p.add_argument("--systems", default="large,small,assisted,bild:0.6:0,bild:0.6:2",
                    help="comma-separated systems (see above)")
@@ -292,12 +294,16 @@ def main(argv=None):
         return report_partial(args.report_partial, argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    dtype = getattr(torch, args.dtype)
+    auto = args.dtype == "auto"
+    dtype = (rule_dtype(args.device) or torch.float32) if auto else getattr(torch, args.dtype)
     if args.small and args.large:
         small, large = load(args.small, args.device, dtype), load(args.large, args.device, dtype)
+        if auto and rule_dtype(args.device) is None:  # no rule here: measured, per model
+            fastest_dtype(small, 1), fastest_dtype(large, 5)
         tokenizer = AutoTokenizer.from_pretrained(args.large)
     else:
         small, large, tokenizer = tiny_pair(args.device, dtype)
+    args.model_dtypes = {r: str(next(m.parameters()).dtype).replace("torch.", "") for r, m in (("small", small), ("large", large))}
     prompts, references = load_prompts(args, tokenizer, args.device)
     names = args.systems.split(",")
     table = systems(names, small, large, decoding_kwargs(args),

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
+from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM
@@ -80,7 +81,7 @@ def main(argv=None) -> dict:
     result["measured_choice"] = per_role
     print(f"dtype auto: rule {result['rule_dtype']} (bfloat16 native: {environment()['bf16_native']}); "
           f"measured choice for a 100-token prompt and 50 new tokens: {per_role}")
-    atomic_write_json(args.output, result)
+    atomic_write_json(Path(args.output), result)
     print(f"wrote {args.output}")
     return result
 
