@@ -24,6 +24,7 @@ import torch
 from transformers import AutoModelForCausalLM, DynamicCache
 
 from bild.env import environment
+from bild.hardware import fastest_dtype, rule_dtype
 from bild.eval.timing import rotated
 
 
@@ -53,16 +54,20 @@ def interleaved(measures: dict, repeats: int, warm_up: int = 2) -> dict[str, lis
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--small", required=True), p.add_argument("--large", required=True)
-    p.add_argument("--dtype", default="bfloat16")
+    p.add_argument("--dtype", default="auto", help="auto: bfloat16 where native, else measured per model (bild.hardware)")
     p.add_argument("--context", type=int, default=100)
     p.add_argument("--max_small_steps", type=int, default=10)
     p.add_argument("--repeats", type=int, default=15)
     p.add_argument("--compile", action="store_true")
     p.add_argument("--output", default="benchmarks/results/step_costs.json")
     args = p.parse_args(argv)
-    dtype = getattr(torch, args.dtype)
+    auto = args.dtype == "auto"
+    dtype = (rule_dtype("cpu") or torch.float32) if auto else getattr(torch, args.dtype)
     small = AutoModelForCausalLM.from_pretrained(args.small, dtype=dtype).eval()
     large = AutoModelForCausalLM.from_pretrained(args.large, dtype=dtype).eval()
+    if auto and rule_dtype("cpu") is None:
+        fastest_dtype(small, 1), fastest_dtype(large, 5)
+    args.model_dtypes = {r: str(next(m.parameters()).dtype).replace("torch.", "") for r, m in (("small", small), ("large", large))}
     measures = {"small_step": lambda: step_ms(small, args.context, 1), "large_step": lambda: step_ms(large, args.context, 1)}
     measures.update({f"verify_{k}": lambda k=k: step_ms(large, args.context, k) for k in range(2, args.max_small_steps + 2)})
     if args.compile:
