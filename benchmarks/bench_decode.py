@@ -9,7 +9,8 @@ Systems: `large`, `small`, `assisted` (transformers' defaults), `assisted:N` (a 
 absent: the default; `:round`: fallback_rule="round"), optionally `+static`, `+compile`,
 `+compile_small` or `+compile_large` after a BiLD setting (its fast-path variant), and `+vocab`: the small model
 drafts from the --draft_vocab_size tokens used most in --draft_vocab_file (`bild.frequent_tokens`; with the tiny
-models, the first ids). A `+` variant is also compared with its plain setting (speed-up, identical outputs).
+models, the first ids); `+bridge`: the same setting through the two-tokenizer path (`cross_tokenizer=True`, the large
+model's tokenizer on both sides), which measures that path's overhead. A `+` variant is also compared with its plain setting (speed-up, identical outputs).
 
 Prompts: JSON lines with a "prompt" field, or the translation layout of the Debian data
 ({"translation": {"de": ..., "en": ...}}), prompted through the chat template.
@@ -131,16 +132,18 @@ def parse_bild(spec: str, draft_vocab=None) -> tuple[dict, dict]:
     parts = parts[:-1] if rule == "round" else parts
     keep = {"keep": True, "nokeep": False}.get(parts[-1]) if parts else None
     parts = parts[:-1] if keep is not None else parts
-    if not 2 <= len(parts) <= 3 or any(v not in FAST_VARIANTS and v != "vocab" for v in variants):
+    if not 2 <= len(parts) <= 3 or any(v not in FAST_VARIANTS and v not in ("vocab", "bridge") for v in variants):
         raise SystemExit(f"bad BiLD system {spec!r}: write "
-                         f"bild:FB:RB[:N][:keep|:nokeep][:round][+{'|'.join(FAST_VARIANTS)}|+vocab]")
+                         f"bild:FB:RB[:N][:keep|:nokeep][:round][+{'|'.join(FAST_VARIANTS)}|+vocab|+bridge]")
     thresholds = {"fallback_threshold": parts[0] if parts[0] == AUTO else float(parts[0]), "rollback_threshold": float(parts[1]), "keep_fallback_draft": keep,
                   "fallback_rule": rule}
     if len(parts) > 2:
         thresholds["max_small_steps"] = int(parts[2])
-    other = {k: v for variant in variants if variant != "vocab" for k, v in FAST_VARIANTS[variant].items()}
+    other = {k: v for variant in variants if variant in FAST_VARIANTS for k, v in FAST_VARIANTS[variant].items()}
     if "vocab" in variants:
         other["draft_vocab"] = draft_vocab
+    if "bridge" in variants:
+        other["cross_tokenizer"] = True
     return thresholds, other
 
 
@@ -166,8 +169,9 @@ def seeds(args) -> list[int]:
     return [int(s) for s in args.seeds.split(",")] if getattr(args, "do_sample", False) else [0]
 
 
-def systems(names: list[str], small, large, common: dict, vocab=None) -> dict:
-    """name -> generate(inputs) for every requested system; `common` holds the decoding kwargs."""
+def systems(names: list[str], small, large, common: dict, vocab=None, tokenizer=None) -> dict:
+    """name -> generate(inputs) for every requested system; `common` holds the decoding kwargs; tokenizer: the large
+    model's, for +bridge (both sides)."""
     common = dict(common)
     if large.generation_config.pad_token_id is None:
         common["pad_token_id"] = large.generation_config.eos_token_id
@@ -185,7 +189,10 @@ def systems(names: list[str], small, large, common: dict, vocab=None) -> dict:
             thresholds, fast = parse_bild(name, vocab() if "+vocab" in name else None)
             # No tokenizers: the pair is checked by vocabulary size only, so no call pays the Python comparison of
             # two vocabularies that checking tokenizers costs (the product does it once per generator).
-            gen = BiLDGenerator(small, large, **thresholds, **fast)
+            if fast.get("cross_tokenizer") and tokenizer is None:
+                raise SystemExit("+bridge needs real models' tokenizers (--small and --large)")
+            tokenizers = {"tokenizer": tokenizer} if fast.get("cross_tokenizer") else {}
+            gen = BiLDGenerator(small, large, **thresholds, **fast, **tokenizers)
             table[name] = lambda x, gen=gen: gen.generate(**x, **common, return_dict_in_generate=True,
                                                          bild_profile=True)
         else:
@@ -307,7 +314,8 @@ def main(argv=None):
     prompts, references = load_prompts(args, tokenizer, args.device)
     names = args.systems.split(",")
     table = systems(names, small, large, decoding_kwargs(args),
-                    vocab=functools.cache(lambda: draft_vocab(args, tokenizer, large.config.get_text_config().vocab_size)))
+                    vocab=functools.cache(lambda: draft_vocab(args, tokenizer, large.config.get_text_config().vocab_size)),
+                    tokenizer=tokenizer if args.small and args.large else None)
 
     partial = Path(args.output).with_suffix(".partial.json")
     monitor = ContentionMonitor().start()

@@ -12,10 +12,10 @@ from .costs import measure_pair_costs
 from .draft_vocab import restrict_draft_vocab
 from .hardware import fastest_dtype, rule_dtype
 from .hf import bild_generate, check_streamer, compile_roles
-from .validation import check_generation_config, check_pair
+from .validation import bridges_tokenizers, check_generation_config, check_pair
 
 _FORWARDED_TO_BILD = ("small_model", "custom_generate", "bild_config", "cost_model", "small_tokenizer", "large_tokenizer",
-                      "static_cache", "compile", "bild_streamer")
+                      "static_cache", "compile", "bild_streamer", "cross_tokenizer")
 
 
 class BiLDGenerator:
@@ -27,6 +27,10 @@ class BiLDGenerator:
 
     cost_model: a `bild.costs.PairCosts` for fallback_threshold="auto" to decide from (None: measured on first use,
     see `generator.costs`).
+
+    small_tokenizer / large_tokenizer (or tokenizer= for both): when the two disagree, the pair decodes through
+    `bild.bridge` (greedy; see the README, "Pairs with different tokenizers"); cross_tokenizer=True forces that path,
+    False refuses differing tokenizers.
 
     draft_vocab: token ids the small model drafts from (e.g. `bild.frequent_tokens(tok, texts, 16384)`): a
     cheaper small step; the large model still verifies every token, so exactness is unchanged (see
@@ -52,6 +56,7 @@ class BiLDGenerator:
         compile: bool | str = False,
         draft_vocab=None,
         cost_model=None,
+        cross_tokenizer: bool | None = None,
     ):
         self.config = BiLDConfig(fallback_threshold, rollback_threshold, max_small_steps, keep_fallback_draft,
                                  fallback_rule, drafting_guard, cost_ratio)
@@ -59,7 +64,9 @@ class BiLDGenerator:
         self.static_cache, self.compile = static_cache, compile
         self.small_tokenizer = small_tokenizer if small_tokenizer is not None else tokenizer
         self.large_tokenizer = large_tokenizer if large_tokenizer is not None else tokenizer
-        check_pair(small, large, self.small_tokenizer, self.large_tokenizer)
+        self.cross_tokenizer = cross_tokenizer
+        bridged = bridges_tokenizers(cross_tokenizer, self.small_tokenizer, self.large_tokenizer)
+        check_pair(small, large, self.small_tokenizer, self.large_tokenizer, bridged)
         self.small, self.large = small, large
         # What drafts: the small model itself, or a view of it scoring only draft_vocab (the small model is unchanged).
         self.drafter = small if draft_vocab is None else restrict_draft_vocab(small, draft_vocab)
@@ -172,6 +179,7 @@ class BiLDGenerator:
             bild_streamer=streamer,  # transformers keeps `streamer=` from a custom_generate function
             stop_strings=stop_strings,
             cost_model=self.cost_model,
+            cross_tokenizer=self.cross_tokenizer,
             **kwargs,
         )
 

@@ -17,15 +17,20 @@ from transformers.generation.stopping_criteria import StopStringCriteria
 
 from .adapters import DecoderOnlyAdapter, EncoderDecoderAdapter, RightAlignedEncoderDecoderAdapter, encode
 from .architecture import batches_encoder_decoder, needs_row_by_row, step_cost_ratio
+from .bridge import TokenBridge
 from .choosers import Greedy, Sampler
 from .config import AUTO, BiLDConfig
 from .costs import PairCosts
+from .cross_decode import decode_across
 from .decode import BiLDOutput, decode
 from .plan import costs_for, drafts_at_all, large_alone, warn_large_alone
 from .row_processors import for_rows
 from .scores import StepOutputs
 from .stats import BiLDStats
-from .validation import check_generation_config, check_left_padding, check_lengths, check_pair
+from .validation import (
+    bridges_tokenizers, check_bridged, check_generation_config, check_left_padding, check_lengths, check_pair,
+    max_positions, output_vocab_size,
+)
 
 _IGNORED_MODEL_KWARGS = {
     "attention_mask", "encoder_outputs", "position_ids", "cache", "past_key_values", "use_cache",
@@ -58,6 +63,7 @@ def bild_generate(
     bild_streamer=None,
     stop_strings: str | list[str] | None = None,
     cost_model: PairCosts | None = None,
+    cross_tokenizer: bool | None = None,
     inputs_tensor: torch.Tensor | None = None,
     **model_kwargs,
 ):
@@ -94,14 +100,21 @@ def bild_generate(
         the pair once per process and device when cost_ratio is None). Under "auto", where even every draft accepted
         cannot beat the large model alone (`PairCosts.drafting_can_pay`), the call is the large model's own loop
         and a warning says so; otherwise its draft cost seeds "auto"'s cost per draft. stats.costs holds it.
+    small_tokenizer, large_tokenizer, cross_tokenizer: when both tokenizers are given and disagree (or
+        cross_tokenizer=True), the pair decodes through `bild.bridge`: the small model drafts in its own vocabulary,
+        its draft text is re-encoded into large-model tokens, and the large model judges those (greedy only; rollback 0
+        is still exactly large greedy). cross_tokenizer=False refuses differing tokenizers instead.
     bild_profile: synchronise the device around each forward so stats.forward_seconds is exact.
     """
     cfg = bild_config if bild_config is not None else BiLDConfig(fallback_threshold, rollback_threshold, max_small_steps,
                                                                  keep_fallback_draft, fallback_rule, drafting_guard,
                                                                  cost_ratio)
     generation_config = generation_config if generation_config is not None else model.generation_config
+    bridged = bridges_tokenizers(cross_tokenizer, small_tokenizer, large_tokenizer)
     vocab = check_request(model, small_model, input_ids, generation_config, small_tokenizer, large_tokenizer,
-                          bild_streamer, model_kwargs)
+                          bild_streamer, model_kwargs, bridged)
+    if bridged:
+        check_bridged(generation_config, cfg, static_cache, compile)
     stopping_criteria = with_stop_strings(stopping_criteria, stop_strings, large_tokenizer, small_tokenizer)
     costs = costs_for(cfg, small_model, model, cost_model)
     if not drafts_at_all(cfg, costs):
@@ -118,7 +131,11 @@ def bild_generate(
         cost_ratio=costs.draft_cost_ratio(cfg.max_small_steps) if costs is not None else _cost_ratio(cfg, small_model, model),
         record=recorded_fields(generation_config),
     )
-    if model.config.is_encoder_decoder:
+    if bridged:
+        bridge = TokenBridge(small_tokenizer, large_tokenizer, small_model.generation_config.eos_token_id,
+                             generation_config.eos_token_id)
+        sequences, stats, steps = _bridged(model, small_model, bridge, input_ids, inputs_tensor, model_kwargs, run)
+    elif model.config.is_encoder_decoder:
         sequences, stats, steps = _encoder_decoder(model, small_model, vocab, input_ids, inputs_tensor, model_kwargs, fast, run)
     else:
         sequences, stats, steps = _decoder_only(model, small_model, vocab, input_ids, model_kwargs.get("attention_mask"), fast,
@@ -161,10 +178,12 @@ def _cost_ratio(cfg: BiLDConfig, small, large) -> float | None:
     return cfg.cost_ratio if cfg.cost_ratio is not None else step_cost_ratio(small, large)
 
 
-def check_request(large, small, input_ids, generation_config, small_tokenizer, large_tokenizer, streamer, model_kwargs) -> int:
-    """Every refusal of a custom_generate call, before any forward; returns the shared vocabulary size."""
+def check_request(large, small, input_ids, generation_config, small_tokenizer, large_tokenizer, streamer, model_kwargs,
+                  bridged: bool = False) -> int | None:
+    """Every refusal of a custom_generate call, before any forward; returns the shared vocabulary size (None when
+    bridged)."""
     check_generation_config(generation_config)
-    vocab = check_pair(small, large, small_tokenizer, large_tokenizer)
+    vocab = check_pair(small, large, small_tokenizer, large_tokenizer, bridged)
     unknown = sorted(k for k, v in model_kwargs.items() if v is not None and k not in _IGNORED_MODEL_KWARGS)
     if unknown:
         raise ValueError(f"BiLD does not support these model inputs yet: {unknown}. Pass input_ids and attention_mask only.")
@@ -266,6 +285,60 @@ def _encoder_decoder(model, small_model, vocab, input_ids, inputs_tensor, model_
         large = adapter(model, "large", None, _row(large_enc, r), mask_r)
         results.append(run.decode(small, large, input_ids[r : r + 1],
                                   torch.ones_like(input_ids[r : r + 1], dtype=torch.bool), [r]))
+    return _joined(results, run.pad)
+
+
+def _bridged(model, small_model, bridge: TokenBridge, input_ids, inputs_tensor, model_kwargs, run: Run):
+    """Two tokenizers (`bild.cross_decode`): decoder-only rows share one batch where both models allow it (else row
+    by row, as `_decoder_only`); encoder-decoder pairs run row by row, each model encoding its own tokens of the
+    source."""
+    small_tok = bridge.small
+    small_vocab = min(output_vocab_size(small_model), len(small_tok))  # ids past the tokenizer: padding rows
+    small_pad = next((int(v) for v in (small_tok.pad_token_id, small_tok.eos_token_id) if v is not None), 0)
+    device = input_ids.device
+    record = tuple(f for f in run.record if f != "small_scores")  # the small model scores its own vocabulary
+    limit = max_positions(small_model)
+
+    def decode(small, large, prompt, valid, small_prompts, rows):
+        return decode_across(small, large, bridge, prompt, valid, small_prompts, small_pad, for_rows(run.processors, rows),
+                             run.criteria, Greedy(run.cfg.rollback_threshold), run.cfg, run.max_length, run.pad,
+                             run.streamer, record, limit)
+
+    B = input_ids.shape[0]
+    results = []
+    if not model.config.is_encoder_decoder:
+        check_lengths({"large": model}, input_ids.shape[1], run.max_length)
+        mask = model_kwargs.get("attention_mask")
+        valid = torch.ones_like(input_ids, dtype=torch.bool) if mask is None else mask.to(device).bool()
+        alone = B > 1 and (needs_row_by_row(model) or needs_row_by_row(small_model))
+        for rows in [[r] for r in range(B)] if alone else [list(range(B))]:
+            g = slice(rows[0], rows[-1] + 1)
+            prompts = [bridge.small_prompt(input_ids[r][valid[r]].tolist()) for r in rows]
+            small = DecoderOnlyAdapter(small_model, len(rows), device, small_vocab, sync=run.profile)
+            large = DecoderOnlyAdapter(model, len(rows), device, sync=run.profile)
+            results.append(decode(small, large, input_ids[g], valid[g], prompts, rows))
+        return _joined(results, run.pad)
+    if inputs_tensor is None:
+        raise ValueError("Encoder-decoder BiLD needs the source tokens: call generate(input_ids=..., attention_mask=...).")
+    check_lengths({"large": model}, inputs_tensor.shape[1])
+    check_lengths({"large": model}, input_ids.shape[1], run.max_length)
+    per_source = _expansion(input_ids, inputs_tensor)
+    source_mask = model_kwargs.get("attention_mask")
+    large_enc = model_kwargs["encoder_outputs"]
+    start = small_model.generation_config.decoder_start_token_id
+    start = small_model.config.decoder_start_token_id if start is None else start
+    for r in range(B):
+        s = r // per_source
+        src = inputs_tensor[s] if source_mask is None else inputs_tensor[s][source_mask[r].to(inputs_tensor.device).bool()]
+        small_source = torch.tensor([bridge.small_prompt(src.tolist(), is_source=True)], device=device)
+        check_lengths({"small": small_model}, small_source.shape[1])
+        small = EncoderDecoderAdapter(small_model, 1, device, small_vocab, sync=run.profile,
+                                      encoder_outputs=encode(small_model, small_source, None), encoder_mask=None)
+        mask_r = None if source_mask is None else source_mask[r : r + 1].to(model.device)
+        large = EncoderDecoderAdapter(model, 1, device, None, sync=run.profile, encoder_outputs=_row(large_enc, r),
+                                      encoder_mask=mask_r)
+        results.append(decode(small, large, input_ids[r : r + 1], torch.ones_like(input_ids[r : r + 1], dtype=torch.bool),
+                              [[int(start)]], [r]))
     return _joined(results, run.pad)
 
 

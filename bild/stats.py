@@ -48,6 +48,10 @@ class BiLDStats:
     # the call decided from (bild.costs.PairCosts.to_dict()), or None where no costs were consulted.
     drafting: str = "on"
     costs: dict | None = None
+    # "shared" (one vocabulary) or "bridged" (two tokenizers, bild.bridge: drafted_tokens are large-model tokens);
+    # bridged only: the small-model draft tokens (kept draft steps) per row that the proposals came from.
+    tokenizers: str = "shared"
+    small_drafted_tokens: list[int] | None = None
 
     @classmethod
     def zeros(cls, batch_size: int) -> "BiLDStats":
@@ -61,7 +65,9 @@ class BiLDStats:
                      "small_forward_seconds", "large_forward_seconds"):
             setattr(out, name, sum(getattr(p, name) for p in parts))
         if parts:
-            out.drafting, out.costs = parts[0].drafting, parts[0].costs
+            out.drafting, out.costs, out.tokenizers = parts[0].drafting, parts[0].costs, parts[0].tokenizers
+            if all(p.small_drafted_tokens is not None for p in parts):
+                out.small_drafted_tokens = [v for p in parts for v in p.small_drafted_tokens]
         return out
 
     def add(self, name: str, row: int, value: int = 1) -> None:

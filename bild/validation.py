@@ -44,24 +44,69 @@ def _remember_agreement(a, b) -> None:
         pass
 
 
-def check_tokenizers(small_tokenizer, large_tokenizer) -> None:
-    """Raise ValueError unless the two tokenizers map every id to the same token (remembered per pair)."""
+def tokenizers_agree(small_tokenizer, large_tokenizer) -> bool:
+    """Whether the two tokenizers map every id to the same token (remembered per pair while both live)."""
     if small_tokenizer is large_tokenizer or _known_to_agree(small_tokenizer, large_tokenizer):
-        return
+        return True
+    if _first_difference(small_tokenizer, large_tokenizer) is not None:
+        return False
+    _remember_agreement(small_tokenizer, large_tokenizer)
+    return True
+
+
+def _first_difference(small_tokenizer, large_tokenizer):
     a, b = _tokenizer_vocab(small_tokenizer), _tokenizer_vocab(large_tokenizer)
     differing = [i for i in set(a) | set(b) if a.get(i) != b.get(i)]
-    if differing:
-        i = min(differing)
+    if not differing:
+        return None
+    i = min(differing)
+    return len(differing), i, a.get(i), b.get(i)
+
+
+def check_tokenizers(small_tokenizer, large_tokenizer) -> None:
+    """Raise ValueError unless the two tokenizers agree (the shared-vocabulary path, cross_tokenizer=False)."""
+    if tokenizers_agree(small_tokenizer, large_tokenizer):
+        return
+    n, i, a, b = _first_difference(small_tokenizer, large_tokenizer)
+    raise ValueError(
+        f"The small and large tokenizers disagree on {n} token ids (first: id {i} is {a!r} for small, {b!r} for "
+        "large), and cross_tokenizer=False asks for one shared vocabulary. Leave cross_tokenizer unset to bridge the "
+        "two tokenizers (greedy; see the README), or use a small model trained with the large model's tokenizer."
+    )
+
+
+def bridges_tokenizers(cross_tokenizer: bool | None, small_tokenizer, large_tokenizer) -> bool:
+    """Whether a pair decodes through `bild.bridge` (two vocabularies): asked for (True), refused (False), or, by
+    default (None), exactly when both tokenizers are given and disagree."""
+    if cross_tokenizer not in (None, True, False):
+        raise ValueError(f"cross_tokenizer must be None (decide from the tokenizers), True or False, got {cross_tokenizer!r}.")
+    if cross_tokenizer is False:
+        return False
+    given = small_tokenizer is not None and large_tokenizer is not None
+    if cross_tokenizer is True and not given:
+        raise ValueError("cross_tokenizer=True maps text between the two tokenizers: pass both, small_tokenizer= and "
+                         "large_tokenizer=.")
+    return given and (cross_tokenizer is True or not tokenizers_agree(small_tokenizer, large_tokenizer))
+
+
+def check_bridged(config: GenerationConfig, cfg, static_cache: bool = False, compile=False) -> None:
+    """What the two-tokenizer path cannot do exactly yet, refused before any generation."""
+    if config.do_sample:
         raise ValueError(
-            f"The small and large tokenizers disagree on {len(differing)} token ids (first: id {i} is "
-            f"{a.get(i)!r} for small, {b.get(i)!r} for large). BiLD needs one shared vocabulary: use a "
-            "small model trained with the large model's tokenizer."
+            "Sampling with two different tokenizers is not supported: exact speculative sampling needs the small "
+            "model's probabilities of the large model's tokens, which a draft re-encoded as text does not have. Pass "
+            "do_sample=False (greedy; rollback_threshold=0 is exactly large greedy), or use a small model that shares "
+            "the large model's tokenizer."
         )
-    _remember_agreement(small_tokenizer, large_tokenizer)
+    if cfg.fallback_threshold == "auto" or cfg.drafting_guard:
+        raise ValueError("fallback_threshold=\"auto\" and drafting_guard are not supported with two different "
+                         "tokenizers yet: pass a number as fallback_threshold (e.g. 0.6) and drafting_guard=False.")
+    if static_cache or compile:
+        raise ValueError("static_cache and compile are not supported with two different tokenizers yet: leave them off.")
 
 
-def check_pair(small: PreTrainedModel, large: PreTrainedModel, small_tokenizer=None, large_tokenizer=None) -> int:
-    """Raise ValueError unless the two models can decode together; return the shared vocabulary size."""
+def check_models(small: PreTrainedModel, large: PreTrainedModel) -> None:
+    """Raise ValueError unless both are transformers language models of the same kind that bild can run exactly."""
     if small is None:
         raise ValueError("BiLD needs a small model: pass `small_model=<PreTrainedModel>`.")
     for name, model in (("small", small), ("large", large)):
@@ -78,8 +123,17 @@ def check_pair(small: PreTrainedModel, large: PreTrainedModel, small_tokenizer=N
         kinds = {True: "encoder-decoder", False: "decoder-only"}
         raise ValueError(
             f"The small model is {kinds[s_ed]} ({type(small).__name__}) but the large model is {kinds[l_ed]} "
-            f"({type(large).__name__}). BiLD needs two models of the same kind sharing one vocabulary."
+            f"({type(large).__name__}). BiLD needs two models of the same kind."
         )
+
+
+def check_pair(small: PreTrainedModel, large: PreTrainedModel, small_tokenizer=None, large_tokenizer=None,
+               bridged: bool = False) -> int | None:
+    """Raise ValueError unless the two models can decode together; return the shared vocabulary size (None when
+    `bridged`: two vocabularies, see `bild.bridge`)."""
+    check_models(small, large)
+    if bridged:
+        return None
     vs, vl = output_vocab_size(small), output_vocab_size(large)
     if small_tokenizer is not None and large_tokenizer is not None:
         check_tokenizers(small_tokenizer, large_tokenizer)
@@ -93,8 +147,8 @@ def check_pair(small: PreTrainedModel, large: PreTrainedModel, small_tokenizer=N
         raise ValueError(
             f"The small model's output vocabulary has {vs} entries and the large model's {vl}. If the embedding "
             "matrices are only padded differently, pass the tokenizers (BiLDGenerator(..., tokenizer=tok) or "
-            "small_tokenizer=/large_tokenizer=) so bild can check that the vocabularies agree; otherwise use "
-            "a small model that shares the large model's tokenizer."
+            "small_tokenizer=/large_tokenizer=) so bild can check that the vocabularies agree; if the two models "
+            "have different tokenizers, pass both (small_tokenizer=, large_tokenizer=) and bild bridges them."
         )
     return vs
 

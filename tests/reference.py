@@ -133,3 +133,51 @@ def reference_auto(small, large, prompt, rb, n_steps, max_new_tokens, eos, cost_
 
 def large_greedy_reference(large, prompt, max_new_tokens, eos):
     return reference_bild(large, large, prompt, math.inf, 0.0, 1, max_new_tokens, eos)[0]
+
+
+def reference_bridged(small, large, bridge, prompt, fb, rb, n_steps, max_new_tokens, keep_fallback=False,
+                      small_limit=None, cap=None):
+    """Two tokenizers (docs/decoding.md, "Two tokenizers"), one row, no KV cache: returns the large-model tokens.
+
+    prompt: large tokens (decoder-only) or the source in large tokens (encoder-decoder). The mapping of draft text
+    to large tokens is the bridge's (`TokenBridge.round_proposals`, a host-only function tested on its own); the
+    drafting, judging, committing and re-syncing are written out here, every forward recomputed."""
+    enc_dec = large.config.is_encoder_decoder
+    eos = set(bridge.large_eos)
+    if enc_dec:
+        start = [large.generation_config.decoder_start_token_id]
+        small_source = bridge.small_prompt(list(prompt), is_source=True)
+        small_start = [small.generation_config.decoder_start_token_id]
+    else:
+        start, small_source, small_start = list(prompt), None, bridge.small_prompt(list(prompt))
+    small_vocab = min(small.get_output_embeddings().weight.shape[0], len(bridge.small))
+    cap = 2 * n_steps if cap is None else cap
+    gen, small_gen = [], []
+
+    def fits(k):
+        return small_limit is None or len(small_start) + len(small_gen) + k + 1 <= small_limit
+
+    while len(gen) < max_new_tokens and not (gen and gen[-1] in eos):
+        drafts, fell, ended = [], False, False
+        while fb != math.inf and len(drafts) < n_steps and fits(len(drafts)):
+            probs = torch.softmax(_next_logits(small, small_source, small_start + small_gen + drafts)[-1][:small_vocab], -1)
+            drafts.append(int(probs.argmax()))
+            fell, ended = probs.max().item() < fb, drafts[-1] in bridge.small_eos
+            if fell or ended:
+                break
+        ids, exact, _ = bridge.round_proposals(small_start + small_gen, start + gen, drafts, fell, ended, keep_fallback)
+        ids, exact = ids[: min(cap, max_new_tokens - len(gen))], exact[: min(cap, max_new_tokens - len(gen))]
+        logits = _next_logits(large, prompt, start + gen + ids)[len(start) + len(gen) - 1:]
+        logp = torch.log_softmax(logits, -1)
+        accepted = len(ids)
+        for i, d in enumerate(ids):
+            if -logp[i, d].item() > (0.0 if exact[i] else rb) and d != int(logits[i].argmax()):
+                accepted = i
+                break
+        for t in ids[:accepted] + [int(logits[accepted].argmax())]:
+            if len(gen) >= max_new_tokens or (gen and gen[-1] in eos):
+                break
+            gen.append(t)
+        if fits(0) and not (len(gen) >= max_new_tokens or gen[-1] in eos):
+            small_gen = bridge.small_tokens(start + gen, len(gen))
+    return start + gen

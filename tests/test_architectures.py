@@ -194,7 +194,7 @@ class _CountingTok:
 def test_vocabulary_compared_once_per_tokenizer_pair():
     large, small = build("llama", "decoder-only", 2, 1), build("llama", "decoder-only", 2, 2)
     a, b = _CountingTok(arch_sweep.VOCAB), _CountingTok(arch_sweep.VOCAB)
-    gen = BiLDGenerator(small, large, 0.5, 0.0, 4, small_tokenizer=a, large_tokenizer=b)
+    gen = BiLDGenerator(small, large, 0.5, 0.0, 4, small_tokenizer=a, large_tokenizer=b, cross_tokenizer=False)
     inputs = batch(PROMPTS[:1], False)
     first = gen.generate(**inputs, max_new_tokens=4)
     assert torch.equal(gen.generate(**inputs, max_new_tokens=4), first)

@@ -42,8 +42,10 @@ def test_tokenizers_that_disagree(pair):
     b = dict(a, x5=5)
     del b["t5"]
     with pytest.raises(ValueError, match="disagree on 1 token ids \\(first: id 5 is 't5' for small, 'x5' for large\\)"):
-        BiLDGenerator(small, large, small_tokenizer=_Tok(a), large_tokenizer=_Tok(b))
-    BiLDGenerator(small, large, tokenizer=_Tok(a))  # the same tokenizer is fine
+        BiLDGenerator(small, large, small_tokenizer=_Tok(a), large_tokenizer=_Tok(b), cross_tokenizer=False)
+    BiLDGenerator(small, large, tokenizer=_Tok(a), cross_tokenizer=False)  # the same tokenizer is fine
+    # By default two tokenizers that disagree are bridged (tests/test_cross_tokenizer.py).
+    BiLDGenerator(small, large, small_tokenizer=_Tok(a), large_tokenizer=_Tok(b))
 
 
 def test_padded_embeddings_with_one_tokenizer_are_fine(pair, inputs):

@@ -25,30 +25,33 @@ ENCODER_DECODER = ("t5", "mt5", "bart", "marian")
 ARCHITECTURES = DECODER_ONLY + ENCODER_DECODER
 
 
-def _config(arch: str, width: int, layers: int):
-    special = dict(pad_token_id=PAD, bos_token_id=BOS, eos_token_id=EOS)
+def _config(arch: str, width: int, layers: int, vocab: int = VOCAB, special_ids: tuple[int, int, int] = (PAD, BOS, EOS)):
+    pad, bos, eos = special_ids
+    special = dict(pad_token_id=pad, bos_token_id=bos, eos_token_id=eos)
     if arch == "gpt2":
-        return GPT2LMHeadModel, GPT2Config(vocab_size=VOCAB, n_positions=128, n_embd=width, n_layer=layers, n_head=2, **special)
+        return GPT2LMHeadModel, GPT2Config(vocab_size=vocab, n_positions=128, n_embd=width, n_layer=layers, n_head=2, **special)
     if arch in ("llama", "qwen2"):
         cls, cfg = (LlamaForCausalLM, LlamaConfig) if arch == "llama" else (Qwen2ForCausalLM, Qwen2Config)
-        return cls, cfg(vocab_size=VOCAB, hidden_size=width, intermediate_size=2 * width, num_hidden_layers=layers,
+        return cls, cfg(vocab_size=vocab, hidden_size=width, intermediate_size=2 * width, num_hidden_layers=layers,
                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128, tie_word_embeddings=False, **special)
     if arch in ("t5", "mt5"):
         cls, cfg = (T5ForConditionalGeneration, T5Config) if arch == "t5" else (MT5ForConditionalGeneration, MT5Config)
-        return cls, cfg(vocab_size=VOCAB, d_model=width, d_kv=8, d_ff=2 * width, num_layers=layers, num_heads=4,
-                        decoder_start_token_id=PAD, pad_token_id=PAD, eos_token_id=EOS, tie_word_embeddings=False)
+        return cls, cfg(vocab_size=vocab, d_model=width, d_kv=8, d_ff=2 * width, num_layers=layers, num_heads=4,
+                        decoder_start_token_id=pad, pad_token_id=pad, eos_token_id=eos, tie_word_embeddings=False)
     if arch in ("bart", "marian"):
         cls, cfg = (BartForConditionalGeneration, BartConfig) if arch == "bart" else (MarianMTModel, MarianConfig)
         extra = dict(forced_eos_token_id=None, forced_bos_token_id=None)
-        return cls, cfg(vocab_size=VOCAB, d_model=width, encoder_layers=layers, decoder_layers=layers,
+        return cls, cfg(vocab_size=vocab, d_model=width, encoder_layers=layers, decoder_layers=layers,
                         encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=2 * width,
-                        decoder_ffn_dim=2 * width, max_position_embeddings=128, decoder_start_token_id=EOS if arch == "bart" else PAD,
+                        decoder_ffn_dim=2 * width, max_position_embeddings=128, decoder_start_token_id=eos if arch == "bart" else pad,
                         **special, **extra)
     raise ValueError(arch)
 
 
-def tiny_model(arch: str, seed: int, width: int = 32, layers: int = 2, logit_std: float = 3.0):
-    cls, config = _config(arch, width, layers)
+def tiny_model(arch: str, seed: int, width: int = 32, layers: int = 2, logit_std: float = 3.0, vocab: int = VOCAB,
+               special_ids: tuple[int, int, int] = (PAD, BOS, EOS)):
+    """A random model of `arch`; vocab and (pad, bos, eos) ids as given (a tokenizer built in code may need others)."""
+    cls, config = _config(arch, width, layers, vocab, special_ids)
     torch.manual_seed(seed)
     model = cls(config).eval()
     with torch.no_grad():
@@ -58,11 +61,11 @@ def tiny_model(arch: str, seed: int, width: int = 32, layers: int = 2, logit_std
             head.weight = torch.nn.Parameter(head.weight.detach().clone())
         # Calibrate the head so logits spread like a trained model's (std ~3 over 48 tokens):
         # some steps confident, some not, whatever the architecture's initialisation.
-        probe = torch.randint(3, VOCAB, (2, 8), generator=torch.Generator().manual_seed(seed))
+        probe = torch.randint(3, vocab, (2, 8), generator=torch.Generator().manual_seed(seed))
         kwargs = {"decoder_input_ids": probe} if config.is_encoder_decoder else {}
         head.weight.mul_(logit_std / model(input_ids=probe, **kwargs).logits.std())
-    model.generation_config.pad_token_id = PAD
-    model.generation_config.eos_token_id = EOS
+    model.generation_config.pad_token_id = special_ids[0]
+    model.generation_config.eos_token_id = special_ids[2]
     return model
 
 
