@@ -4,10 +4,10 @@ The small model drafts in its own tokens; the large model judges large-model tok
 both ways:
 - large -> small: the committed text, re-encoded whole by the small tokenizer (its canonical tokens), so the
   small model always reads what the large model committed;
-- small -> large: the small model's draft text appended to the committed text and re-encoded by the large
-  tokenizer with a look-behind of a few committed tokens; only when those come back unchanged are the new
-  tokens proposed, and never the last one (more text could still merge into it) unless the draft ended
-  with an end-of-sequence token.
+- small -> large: the small model's draft text appended to the text of the last few committed tokens and
+  re-encoded by the large tokenizer; only when those come back unchanged are the new tokens proposed. The last
+  one may not be whole (more text could merge into it) unless the draft ended with an end-of-sequence token,
+  so it is checked exactly: the large model commits it only where it would write that very token itself.
 
 Which large tokens are proposed never affects what is committed at rollback 0: the large model checks every
 proposal against its own argmax, so a poor mapping costs acceptance, not exactness.
@@ -15,8 +15,36 @@ proposal against its own argmax, so a poor mapping costs acceptance, not exactne
 
 from __future__ import annotations
 
+import weakref
+
 #: Committed large tokens re-encoded with each draft before the whole committed text is (see `proposals`).
 LOOK_BEHIND = 4
+
+
+class _PerTokenizerPair:
+    """Values computed once per pair of live tokenizers (and extra key): weak references make a reused id miss, and
+    the lengths make a tokenizer that gained tokens since then compute again."""
+
+    def __init__(self):
+        self.entries: dict[tuple, tuple] = {}
+
+    def get(self, small, large, extra, make):
+        key = (id(small), id(large), extra)
+        hit = self.entries.get(key)
+        if hit is not None and hit[0]() is small and hit[1]() is large and hit[2] == (len(small), len(large)):
+            return hit[3]
+        for k in [k for k, (a, b, _, _) in self.entries.items() if a() is None or b() is None]:
+            del self.entries[k]
+        value = make()
+        try:
+            self.entries[key] = (weakref.ref(small), weakref.ref(large), (len(small), len(large)), value)
+        except TypeError:  # an object without weak references: computed on every call
+            pass
+        return value
+
+
+_BRIDGES = _PerTokenizerPair()
+_MAPS = _PerTokenizerPair()
 
 
 def _decode(tokenizer, ids, skip_special_tokens: bool) -> str:
@@ -44,6 +72,13 @@ class TokenBridge:
     small_eos / large_eos: the models' end-of-sequence ids (their generation configs'), an int or a list; the
     tokenizers' own EOS is added to each. A small draft that ends in a small EOS proposes the large EOS of the
     same string, else the first large EOS."""
+
+    @classmethod
+    def of(cls, small_tokenizer, large_tokenizer, small_eos=None, large_eos=None) -> "TokenBridge":
+        """The bridge of two tokenizers, built once per pair while both live (building reads both vocabularies)."""
+        extra = (tuple(_eos_ids(small_tokenizer, small_eos)), tuple(_eos_ids(large_tokenizer, large_eos)))
+        return _BRIDGES.get(small_tokenizer, large_tokenizer, extra,
+                            lambda: cls(small_tokenizer, large_tokenizer, small_eos, large_eos))
 
     def __init__(self, small_tokenizer, large_tokenizer, small_eos=None, large_eos=None):
         self.small, self.large = small_tokenizer, large_tokenizer
@@ -101,14 +136,14 @@ class TokenBridge:
         anchor = [t for t in small_context[-LOOK_BEHIND:] if t not in self.small_special]
         return _text_after(self.small, anchor, drafts)
 
-    def proposals(self, large_context: list[int], draft: str, ends: bool = False) -> list[int]:
-        """Large tokens that extend `large_context` by the text `draft`: whole, stable tokens only.
+    def proposals(self, large_context: list[int], draft: str) -> list[int]:
+        """Large tokens that extend `large_context` by the text `draft` (the last one may still change with more
+        text: see `round_proposals`).
 
         Re-encodes the text of the context's last LOOK_BEHIND tokens (then twice, four times as many, then all of
         the context) followed by the draft; the first whose context tokens come back unchanged gives the
-        proposals. Where none does, the draft is encoded on its own: a guess, which the large model checks like any
-        other. The last new token is held back (more text could merge into it) unless `ends`: the draft text is
-        complete (an EOS follows)."""
+        proposals. Where none does, the draft is encoded on its own: a guess, which the large model checks like
+        any other."""
         if not draft:
             return []
         n = len(large_context)
@@ -116,31 +151,38 @@ class TokenBridge:
             tail = large_context[len(large_context) - w:]
             ids = self.large(_decode(self.large, tail, False) + draft, add_special_tokens=False)["input_ids"]
             if w and ids[:w] == tail:
-                return _stable(list(ids[w:]), ends)
-        return _stable(list(self.large(draft, add_special_tokens=False)["input_ids"]), ends)
+                return list(ids[w:])
+        return list(self.large(draft, add_special_tokens=False)["input_ids"])
 
     def round_proposals(self, small_context: list[int], large_context: list[int], drafts: list[int], fell: bool,
                         ended: bool, keep_fallback: bool) -> tuple[list[int], list[bool], int]:
-        """One round's proposals for a row: the large tokens, which of them are checked exactly, and how many small
-        drafts they come from.
+        """One round's proposals for a row: the large tokens, which of them are checked exactly (rollback threshold
+        0: committed only if the large model's argmax), and how many small drafts they come from.
 
-        small_context / large_context: each side's tokens so far (prompt included, no padding); drafts: this round's small tokens; fell: the last one fell back (kept only with
-        keep_fallback, and then every proposal that needs its text is checked exactly, as a kept fallback draft is
-        on the shared path); ended: the last one is a small EOS, proposed as the large EOS after the draft's text."""
+        small_context / large_context: each side's tokens so far (prompt included, no padding); drafts: this round's
+        small tokens; fell: the last one fell back (kept only with keep_fallback, and then every proposal that needs
+        its text is checked exactly, as a kept fallback draft is on the shared path); ended: the last one is a small
+        EOS, proposed as the large EOS after the draft's text.
+
+        The last token of a draft text that does not end may not be whole (more text could merge into it), so it
+        is checked exactly: committed only where the large model would write that very token, never by the
+        rollback rule's leniency."""
         if fell and not keep_fallback:  # the paper's rule: the unsure draft is thrown away
             drafts, fell, ended = drafts[:-1], False, False
         if not drafts:
             return [], [], 0
         body = drafts[:-1] if ended else drafts
         draft = self.draft_text(small_context, body)
-        ids = self.proposals(large_context, draft, ends=ended)
-        if ended and (ids or not draft) and self.eos_map.get(drafts[-1]) is not None:
-            ids = ids + [self.eos_map[drafts[-1]]]
+        ids = self.proposals(large_context, draft)
         exact = [False] * len(ids)
+        if ids and not ended:
+            exact[-1] = True
+        if ended and (ids or not draft) and self.eos_map.get(drafts[-1]) is not None:
+            ids, exact = ids + [self.eos_map[drafts[-1]]], exact + [fell]
         if fell:
-            sure = self.proposals(large_context, self.draft_text(small_context, drafts[:-1]))
+            sure = self.proposals(large_context, self.draft_text(small_context, drafts[:-1]))[:-1]
             n_sure = len(sure) if sure == ids[: len(sure)] else 0
-            exact = [i >= n_sure for i in range(len(ids))]
+            exact = [e or i >= n_sure for i, e in enumerate(exact)]
         return ids, exact, len(drafts)
 
 
@@ -151,5 +193,42 @@ def _text_after(tokenizer, anchor: list[int], ids: list[int]) -> str:
     return after[len(before):] if after.startswith(before) else _decode(tokenizer, ids, False)
 
 
-def _stable(ids: list[int], ends: bool) -> list[int]:
-    return ids if ends else ids[:-1]
+# -- the vocabulary intersection (sampling) ---------------------------------------------------------------------
+
+def token_texts(tokenizer, anchor: str = "a") -> list[str]:
+    """Each id's text as it reads after a word character (so a leading space shows, whatever the decoder does with
+    a text's first token); "" for special tokens and for pieces of a character (bytes that decode to U+FFFD)."""
+    anchor_ids = tokenizer(anchor, add_special_tokens=False)["input_ids"]
+    before = _decode(tokenizer, anchor_ids, False)
+    special = _special_ids(tokenizer)
+    pairs = tokenizer.batch_decode([anchor_ids + [i] for i in range(len(tokenizer))], skip_special_tokens=False,
+                                   clean_up_tokenization_spaces=False)
+    out = []
+    for i, text in enumerate(pairs):
+        piece = text[len(before):] if text.startswith(before) else ""
+        out.append("" if i in special or not piece or "\ufffd" in piece else piece)
+    return out
+
+
+def shared_vocabulary(small_tokenizer, large_tokenizer) -> tuple[list[int], list[int]]:
+    """(small ids, large ids) of the tokens both tokenizers have with the same text (`token_texts`), one to one (a
+    text that several ids of one side share is left out); remembered per pair of tokenizers while both live."""
+    return _MAPS.get(small_tokenizer, large_tokenizer, None, lambda: _shared(small_tokenizer, large_tokenizer))
+
+
+def _shared(small_tokenizer, large_tokenizer) -> tuple[list[int], list[int]]:
+    small_of, large_of = _unique_ids(token_texts(small_tokenizer)), _unique_ids(token_texts(large_tokenizer))
+    both = sorted(set(small_of) & set(large_of), key=lambda t: small_of[t])
+    return [small_of[t] for t in both], [large_of[t] for t in both]
+
+
+def _unique_ids(texts: list[str]) -> dict[str, int]:
+    seen: dict[str, int] = {}
+    dup = set()
+    for i, t in enumerate(texts):
+        if not t:
+            continue
+        if t in seen:
+            dup.add(t)
+        seen[t] = i
+    return {t: i for t, i in seen.items() if t not in dup}

@@ -1,5 +1,6 @@
-"""The BiLD loop for a pair whose tokenizers differ (greedy): the small model drafts in its own vocabulary, the
-large model judges large-model tokens, and `bild.bridge.TokenBridge` carries the text between them.
+"""The BiLD loop for a pair whose tokenizers differ: the small model drafts in its own vocabulary, the large model
+judges large-model tokens, and `bild.bridge.TokenBridge` carries the text between them. Sampling drafts from the
+two vocabularies' shared tokens instead (`SharedVocabulary`), so that each draft's probability is known.
 
 One round, for every unfinished row at once:
     small drafts (its tokens, until a fallback, its EOS or N steps) -> draft text -> proposals (large tokens,
@@ -10,7 +11,7 @@ The large side is exactly the shared-vocabulary loop's (the same buffer, verify,
 commit), so rollback 0 returns the large model's greedy output whatever the small model drafted. Drafts are
 counted in large tokens (`drafted_tokens`); `BiLDStats.small_drafted_tokens` says how many small tokens (kept
 draft steps) produced them. A kept fallback draft makes the proposals that need its text exact-checked, as on
-the shared path.
+the shared path, and so is a last proposal that more text could still change.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import torch
 from .adapters import ModelAdapter, to_device
 from .bridge import TokenBridge
 from .config import ALWAYS_FALLBACK, BiLDConfig
-from .decode import Rows, Stopping, commit, verify
+from .decode import Rows, Stopping, commit, process, verify
 from .policy import fallback_mask, max_prob_and_argmax
 from .scores import ScoreRecorder, StepOutputs
 from .stats import BiLDStats, RowCounters
@@ -81,10 +82,11 @@ class SmallSide:
 def decode_across(small: ModelAdapter, large: ModelAdapter, bridge: TokenBridge, prompt, prompt_valid,
                   small_prompts: list[list[int]], small_pad: int, processors, criteria, choose, cfg: BiLDConfig,
                   max_length: int, pad_token_id: int, streamer=None, record: tuple[str, ...] = (),
-                  small_limit: int | None = None):
+                  small_limit: int | None = None, shared: "SharedVocabulary | None" = None):
     """Generate for left-padded prompts (B, P) in large tokens while the small model reads `small_prompts`; returns
     (sequences, stats, per-token values) as `bild.decode.decode` does. small_limit: the small model's positions
-    (a row stops drafting before its small tokens reach it)."""
+    (a row stops drafting before its small tokens reach it). shared (sampling): the two vocabularies' common
+    tokens; the small model then drafts only those, and its drafts are the proposals (see `SharedVocabulary`)."""
     B, P = prompt.shape
     device = prompt.device
     cap = PROPOSALS_PER_DRAFT_STEP * cfg.max_small_steps
@@ -109,9 +111,14 @@ def decode_across(small: ModelAdapter, large: ModelAdapter, bridge: TokenBridge,
     while not state.done.all():
         before = state.length.copy()
         live = np.flatnonzero(~state.done)
-        drafts, fell, ended = _draft(side, ~state.done, cfg, counts)
-        k = np.zeros(B, dtype=np.int64)
-        for r in live.tolist():
+        if shared is not None:
+            k = _draft_shared(side, state, shared, choose, processors, stopping, cfg, counts)
+            small_drafted += k
+            drafts = []
+        else:
+            drafts, fell, ended = _draft(side, ~state.done, cfg, counts)
+            k = np.zeros(B, dtype=np.int64)
+        for r in live.tolist() if shared is None else ():
             ids, exact, used = bridge.round_proposals(side.prompts[r] + side.generated[r], context[r], drafts[r], fell[r],
                                                       ended[r], cfg.keeps_fallback_draft)
             ids = ids[: min(cap, max_length - int(state.length[r]))]
@@ -193,3 +200,75 @@ def _draft(side: SmallSide, active: np.ndarray, cfg: BiLDConfig, counts: RowCoun
         if not drafting.any():
             break
     return drafts, fell, ended
+
+
+
+class SharedVocabulary:
+    """Sampling across two tokenizers: the tokens both vocabularies have with the same text (`bild.bridge.
+    shared_vocabulary`, plus the EOS pairs), as index tensors. The small model's logits of those tokens, placed at
+    their large ids (every other large token -inf), are the draft distribution q over the large vocabulary; a
+    draft is then one large token and one small token at once, so speculative sampling's acceptance test and
+    residual are exact, as with one vocabulary."""
+
+    def __init__(self, small_ids: list[int], large_ids: list[int], large_vocab: int, small_vocab: int, device):
+        keep = [(s, l) for s, l in zip(small_ids, large_ids) if s < small_vocab and l < large_vocab]
+        self.small = torch.tensor([s for s, _ in keep], dtype=torch.long, device=device)
+        self.large = torch.tensor([l for _, l in keep], dtype=torch.long, device=device)
+        self.to_small = torch.full((large_vocab,), -1, dtype=torch.long, device=device)
+        self.to_small[self.large] = self.small
+        self.large_vocab = large_vocab
+
+    def scores(self, small_logits: torch.Tensor) -> torch.Tensor:
+        """(n, V_small) small logits -> (n, V_large) scores: the shared tokens' logits, -inf elsewhere."""
+        out = small_logits.new_full((small_logits.shape[0], self.large_vocab), float("-inf"))
+        out[:, self.large] = small_logits[:, self.small]
+        return out
+
+
+def _draft_shared(side: SmallSide, state: Rows, shared: SharedVocabulary, choose, processors, stopping: Stopping,
+                  cfg: BiLDConfig, counts: RowCounters) -> np.ndarray:
+    """Sampling: the small model drafts shared tokens (drawn from q by `choose`, the Sampler) into both buffers, as
+    `bild.decode.draft` does with one vocabulary (large processors on the large prefix, the same fallback rules,
+    the same stopping); returns the drafts per row (B,), host. One host read per step."""
+    active = ~state.done
+    B = len(active)
+    k = np.zeros(B, dtype=np.int64)
+    device = side.device
+    drafting = active & side.fits()
+    if cfg.fallback_threshold == ALWAYS_FALLBACK or not drafting.any():
+        counts.add("fallbacks", to_device(np.flatnonzero(active), device), 1)
+        return k
+    chain = torch.ones(B, device=device) if cfg.fallback_rule == "round" else None
+    one = np.ones(B, dtype=np.int64)
+    steps = np.zeros(B, dtype=np.int64)  # small steps this round (a dropped fallback draft is one, not a draft)
+    for step in range(cfg.max_small_steps):
+        upto_small = side.length + steps
+        logits = side.adapter.feed(side.seq, side.n_pad, upto_small, drafting, one)[:, 0]
+        counts.batch_small_calls += 1
+        rows = np.flatnonzero(drafting)
+        rows_d = to_device(rows, device)
+        at = state.length[rows] + k[rows]
+        at_d = to_device(at, device)
+        scores = process(processors, state.seq, rows, at, shared.scores(logits[rows_d]))
+        max_p, token = choose.propose(scores, rows_d, step)
+        if chain is not None:
+            chain[rows_d] *= max_p.float()
+            max_p = chain[rows_d]
+        fell_back = fallback_mask(max_p, cfg.fallback_threshold)
+        counts.add("small_forward_calls", rows_d, 1)
+        counts.add("fallbacks", rows_d, fell_back)
+        state.seq[rows_d, at_d] = token
+        side.seq[rows_d, to_device(upto_small[rows], device)] = shared.to_small[token]
+        if cfg.keeps_fallback_draft:
+            state.unsure[rows_d, at_d] = fell_back
+        finished = fell_back | stopping.hits(state.seq, rows, at + 1)
+        fell_h, finished_h = np.array(torch.stack([fell_back, finished]).tolist(), dtype=bool)  # the step's host read
+        steps[rows] += 1
+        k[rows] += 1 if cfg.keeps_fallback_draft else ~fell_h
+        drafting[:] = False
+        if step + 1 < cfg.max_small_steps:
+            drafting[rows[~finished_h]] = True
+        drafting &= side.fits(steps)
+        if not drafting.any():
+            break
+    return k

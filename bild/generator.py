@@ -29,7 +29,7 @@ class BiLDGenerator:
     see `generator.costs`).
 
     small_tokenizer / large_tokenizer (or tokenizer= for both): when the two disagree, the pair decodes through
-    `bild.bridge` (greedy; see the README, "Pairs with different tokenizers"); cross_tokenizer=True forces that path,
+    `bild.bridge` (see the README, "Pairs with different tokenizers"); cross_tokenizer=True forces that path,
     False refuses differing tokenizers.
 
     draft_vocab: token ids the small model drafts from (e.g. `bild.frequent_tokens(tok, texts, 16384)`): a

@@ -17,11 +17,11 @@ from transformers.generation.stopping_criteria import StopStringCriteria
 
 from .adapters import DecoderOnlyAdapter, EncoderDecoderAdapter, RightAlignedEncoderDecoderAdapter, encode
 from .architecture import batches_encoder_decoder, needs_row_by_row, step_cost_ratio
-from .bridge import TokenBridge
+from .bridge import TokenBridge, shared_vocabulary
 from .choosers import Greedy, Sampler
 from .config import AUTO, BiLDConfig
 from .costs import PairCosts
-from .cross_decode import decode_across
+from .cross_decode import SharedVocabulary, decode_across
 from .decode import BiLDOutput, decode
 from .plan import costs_for, drafts_at_all, large_alone, warn_large_alone
 from .row_processors import for_rows
@@ -102,8 +102,9 @@ def bild_generate(
         and a warning says so; otherwise its draft cost seeds "auto"'s cost per draft. stats.costs holds it.
     small_tokenizer, large_tokenizer, cross_tokenizer: when both tokenizers are given and disagree (or
         cross_tokenizer=True), the pair decodes through `bild.bridge`: the small model drafts in its own vocabulary,
-        its draft text is re-encoded into large-model tokens, and the large model judges those (greedy only; rollback 0
-        is still exactly large greedy). cross_tokenizer=False refuses differing tokenizers instead.
+        its draft text is re-encoded into large-model tokens, and the large model judges those (rollback 0 is still
+        exactly large greedy; sampling drafts from the tokens both vocabularies share, and stays exact).
+        cross_tokenizer=False refuses differing tokenizers instead.
     bild_profile: synchronise the device around each forward so stats.forward_seconds is exact.
     """
     cfg = bild_config if bild_config is not None else BiLDConfig(fallback_threshold, rollback_threshold, max_small_steps,
@@ -132,8 +133,8 @@ def bild_generate(
         record=recorded_fields(generation_config),
     )
     if bridged:
-        bridge = TokenBridge(small_tokenizer, large_tokenizer, small_model.generation_config.eos_token_id,
-                             generation_config.eos_token_id)
+        bridge = TokenBridge.of(small_tokenizer, large_tokenizer, small_model.generation_config.eos_token_id,
+                                generation_config.eos_token_id)
         sequences, stats, steps = _bridged(model, small_model, bridge, input_ids, inputs_tensor, model_kwargs, run)
     elif model.config.is_encoder_decoder:
         sequences, stats, steps = _encoder_decoder(model, small_model, vocab, input_ids, inputs_tensor, model_kwargs, fast, run)
@@ -298,11 +299,18 @@ def _bridged(model, small_model, bridge: TokenBridge, input_ids, inputs_tensor, 
     device = input_ids.device
     record = tuple(f for f in run.record if f != "small_scores")  # the small model scores its own vocabulary
     limit = max_positions(small_model)
+    shared = None
+    if run.sampling:  # drafts from the tokens both vocabularies have (bild.cross_decode.SharedVocabulary)
+        small_ids, large_ids = shared_vocabulary(small_tok, bridge.large)
+        eos = [(s, l) for s, l in bridge.eos_map.items() if l is not None and s not in small_ids and l not in large_ids]
+        shared = SharedVocabulary(small_ids + [s for s, _ in eos], large_ids + [l for _, l in eos],
+                                  output_vocab_size(model), small_vocab, device)
 
     def decode(small, large, prompt, valid, small_prompts, rows):
+        choose = Sampler(run.cfg.rollback_threshold, prompt.shape[0], run.cfg.max_small_steps, run.generator) \
+            if run.sampling else Greedy(run.cfg.rollback_threshold)
         return decode_across(small, large, bridge, prompt, valid, small_prompts, small_pad, for_rows(run.processors, rows),
-                             run.criteria, Greedy(run.cfg.rollback_threshold), run.cfg, run.max_length, run.pad,
-                             run.streamer, record, limit)
+                             run.criteria, choose, run.cfg, run.max_length, run.pad, run.streamer, record, limit, shared)
 
     B = input_ids.shape[0]
     results = []

@@ -71,7 +71,7 @@ def check_tokenizers(small_tokenizer, large_tokenizer) -> None:
     raise ValueError(
         f"The small and large tokenizers disagree on {n} token ids (first: id {i} is {a!r} for small, {b!r} for "
         "large), and cross_tokenizer=False asks for one shared vocabulary. Leave cross_tokenizer unset to bridge the "
-        "two tokenizers (greedy; see the README), or use a small model trained with the large model's tokenizer."
+        "two tokenizers (see the README), or use a small model trained with the large model's tokenizer."
     )
 
 
@@ -91,13 +91,6 @@ def bridges_tokenizers(cross_tokenizer: bool | None, small_tokenizer, large_toke
 
 def check_bridged(config: GenerationConfig, cfg, static_cache: bool = False, compile=False) -> None:
     """What the two-tokenizer path cannot do exactly yet, refused before any generation."""
-    if config.do_sample:
-        raise ValueError(
-            "Sampling with two different tokenizers is not supported: exact speculative sampling needs the small "
-            "model's probabilities of the large model's tokens, which a draft re-encoded as text does not have. Pass "
-            "do_sample=False (greedy; rollback_threshold=0 is exactly large greedy), or use a small model that shares "
-            "the large model's tokenizer."
-        )
     if cfg.fallback_threshold == "auto" or cfg.drafting_guard:
         raise ValueError("fallback_threshold=\"auto\" and drafting_guard are not supported with two different "
                          "tokenizers yet: pass a number as fallback_threshold (e.g. 0.6) and drafting_guard=False.")

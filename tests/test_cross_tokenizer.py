@@ -93,9 +93,9 @@ def inputs_for(tok, arch, texts):
 # -- the bridge, on its own ---------------------------------------------------------------------------------------
 
 
-def test_unique_tokenization_proposes_the_drafts_held_back_by_one():
-    """With one word-level tokenizer (every text has one tokenization), a draft maps back to itself, less its last
-    token (more text could merge into it), or all of it when an EOS ends it."""
+def test_unique_tokenization_proposes_the_drafts_themselves():
+    """With one word-level tokenizer (every text has one tokenization), a draft maps back to itself; its last token
+    is checked exactly (more text could merge into it) unless an EOS ends the draft."""
     tok = tiny_tokenizer(chat=False)
     bridge = TokenBridge(tok, tok)
     gen = torch.Generator().manual_seed(0)
@@ -105,9 +105,9 @@ def test_unique_tokenization_proposes_the_drafts_held_back_by_one():
         context = [tok.bos_token_id] + committed
         assert bridge.small_tokens(context, len(committed)) == committed
         ids, exact, used = bridge.round_proposals(context, context, drafts, False, False, False)
-        assert (ids, exact, used) == (drafts[:-1], [False] * 4, 5)
-        ids, _, _ = bridge.round_proposals(context, context, drafts + [tok.eos_token_id], False, True, False)
-        assert ids == drafts + [tok.eos_token_id]
+        assert (ids, exact, used) == (drafts, [False] * 4 + [True], 5)
+        ids, exact, _ = bridge.round_proposals(context, context, drafts + [tok.eos_token_id], False, True, False)
+        assert (ids, exact) == (drafts + [tok.eos_token_id], [False] * 6)
 
 
 def test_proposals_extend_the_committed_tokens_and_respect_the_large_split(toks):
@@ -120,11 +120,12 @@ def test_proposals_extend_the_committed_tokens_and_respect_the_large_split(toks)
     assert bridge.draft_text(small_context, drafts) == " an easy API"  # the leading space survives
     whole = large("It provides an easy API", add_special_tokens=False)["input_ids"]
     assert whole[: len(committed)] == committed
-    ids = bridge.proposals(committed, bridge.draft_text(small_context, drafts))
-    assert ids == whole[len(committed): -1]  # the large tokenizer's own split, without the last token
-    # A small EOS ends the text: every token is stable, and the large EOS (other id, same string) follows.
-    ids, _, _ = bridge.round_proposals(small_context, committed, drafts + [small.eos_token_id], False, True, False)
-    assert ids == whole[len(committed):] + [large.eos_token_id]
+    assert bridge.proposals(committed, bridge.draft_text(small_context, drafts)) == whole[len(committed):]
+    ids, exact, _ = bridge.round_proposals(small_context, committed, drafts, False, False, False)
+    assert ids == whole[len(committed):] and exact == [False] * (len(ids) - 1) + [True]  # the last may not be whole
+    # A small EOS ends the text: every token is whole, and the large EOS (other id, same string) follows.
+    ids, exact, _ = bridge.round_proposals(small_context, committed, drafts + [small.eos_token_id], False, True, False)
+    assert ids == whole[len(committed):] + [large.eos_token_id] and not any(exact)
     # A kept fallback draft: the proposals that need its text are checked exactly.
     ids, exact, _ = bridge.round_proposals(small_context, committed, drafts, True, False, True)
     assert len(ids) == len(exact) and exact[-1] and not exact[0]
@@ -261,9 +262,6 @@ def test_custom_generate_with_two_tokenizers(toks):
 def test_what_the_bridge_cannot_do_is_refused_before_generation(toks):
     small, large, st, lt = pair("llama", toks, "unigram", "bpe")
     inputs = lt(PROMPTS[:1], return_tensors="pt")
-    gen = BiLDGenerator(small, large, 0.4, 0.0, small_tokenizer=st, large_tokenizer=lt)
-    with pytest.raises(ValueError, match="Sampling with two different tokenizers is not supported"):
-        gen.generate(**inputs, do_sample=True, max_new_tokens=4)
     with pytest.raises(ValueError, match="not supported with two different tokenizers"):
         BiLDGenerator(small, large, "auto", 0.0, small_tokenizer=st, large_tokenizer=lt).generate(**inputs, max_new_tokens=4)
     with pytest.raises(ValueError, match="static_cache and compile"):
@@ -275,3 +273,84 @@ def test_what_the_bridge_cannot_do_is_refused_before_generation(toks):
         BiLDGenerator(small, large, large_tokenizer=lt, cross_tokenizer=True)
     with pytest.raises(ValueError, match="pass both \\(small_tokenizer=, large_tokenizer=\\)"):
         BiLDGenerator(small, large)  # two vocabulary sizes and no tokenizers: nothing to bridge with
+
+
+# -- sampling: drafts from the shared vocabulary ------------------------------------------------------------------
+
+WARPERS = dict(temperature=1.5, top_k=6)
+ROWS = 3000
+
+
+def two_token_distribution(large, prompt_ids) -> dict[tuple[int, int], float]:
+    """Exact P(t1, t2) of large.generate(do_sample=True, max_new_tokens=2, **WARPERS), from its processed scores."""
+    def probs(prefix):
+        out = large.generate(input_ids=torch.tensor([prefix]), do_sample=True, max_new_tokens=1, output_scores=True,
+                             return_dict_in_generate=True, **WARPERS)
+        return torch.softmax(out.scores[0][0].double(), -1)
+
+    first, joint = probs(prompt_ids), {}
+    for t1 in first.nonzero().flatten().tolist():
+        second = probs(prompt_ids + [t1])
+        for t2 in second.nonzero().flatten().tolist():
+            joint[(t1, t2)] = float(first[t1] * second[t2])
+    return joint
+
+
+def overlap_pair_one_tokenizer():
+    tok = tiny_tokenizer(chat=False)
+    small = tiny_model("llama", 5, width=32, layers=1, vocab=len(tok), special_ids=(0, 1, 2))
+    large = copy.deepcopy(small)
+    with torch.no_grad():
+        for p in large.parameters():
+            p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(2)) * 0.3 * p.std())
+    return small, large, tok, tok
+
+
+def samples_of(gen, prompt_ids):
+    out = gen.generate(input_ids=torch.tensor([prompt_ids]), do_sample=True, max_new_tokens=2, num_return_sequences=ROWS,
+                       generator=torch.Generator().manual_seed(1234), return_dict_in_generate=True, **WARPERS)
+    return out.sequences[:, len(prompt_ids):], out.stats.total()
+
+
+@pytest.mark.parametrize("which", ["one tokenizer, bridged", "two tokenizers"])
+def test_sampling_across_tokenizers_samples_the_large_distribution(toks, which):
+    from test_sampling_distribution import chi_square_p_value, total_variation
+
+    small, large, st, lt = overlap_pair_one_tokenizer() if which.startswith("one") else \
+        pair("llama", toks, "unigram", "bpe", seed=8)
+    prompt = lt("Dieses Paket")["input_ids"]
+    gen = BiLDGenerator(small, large, 0.0, 0.0, 3, small_tokenizer=st, large_tokenizer=lt, cross_tokenizer=True)
+    samples, stats = samples_of(gen, prompt)
+    expected = two_token_distribution(large, prompt)
+    tv, p_value = total_variation(samples, expected), chi_square_p_value(samples, expected)
+    assert stats["drafted_tokens"] > ROWS and stats["rollbacks"] > 100
+    if which.startswith("one"):
+        assert stats["accepted_drafts"] > 300  # one vocabulary: the drafts the large model would also draw
+    assert tv < 0.05 and p_value > 1e-3
+    # The same pair with rollback inf keeps what the small model drew: visibly another distribution.
+    loose = BiLDGenerator(small, large, 0.0, math.inf, 3, small_tokenizer=st, large_tokenizer=lt, cross_tokenizer=True)
+    samples, _ = samples_of(loose, prompt)
+    assert total_variation(samples, expected) > 0.1 and chi_square_p_value(samples, expected) < 1e-9
+
+
+def test_sampling_that_always_falls_back_draws_what_large_sampling_draws(toks):
+    small, large, st, lt = pair("llama", toks, "unigram", "bpe", seed=9)
+    inputs = lt(PROMPTS, return_tensors="pt", padding=True)
+    gen = BiLDGenerator(small, large, math.inf, 0.0, 3, small_tokenizer=st, large_tokenizer=lt)
+    torch.manual_seed(7)
+    want = large.generate(**inputs, do_sample=True, max_new_tokens=10, top_k=20)
+    torch.manual_seed(7)
+    got = gen.generate(**inputs, do_sample=True, max_new_tokens=10, top_k=20, return_dict_in_generate=True)
+    assert torch.equal(got.sequences, want) and got.stats.tokenizers == "bridged"
+
+
+def test_shared_vocabulary_maps_tokens_of_the_same_text(toks):
+    from bild.bridge import shared_vocabulary, token_texts
+
+    small, large = toks["unigram"][0], toks["bpe"][0]
+    s_ids, l_ids = shared_vocabulary(small, large)
+    assert len(s_ids) == len(set(s_ids)) == len(l_ids) == len(set(l_ids)) > 20
+    s_text, l_text = token_texts(small), token_texts(large)
+    assert all(s_text[s] == l_text[l] != "" for s, l in zip(s_ids, l_ids))
+    assert " " + "Bibliothek" in [s_text[s] for s in s_ids] or any(t.startswith(" ") for t in map(s_text.__getitem__, s_ids))
+    assert not set(s_ids) & set(small.all_special_ids) and not set(l_ids) & set(large.all_special_ids)
