@@ -9,6 +9,9 @@ both ways:
   one may not be whole (more text could merge into it) unless the draft ended with an end-of-sequence token,
   so it is checked exactly: the large model commits it only where it would write that very token itself.
 
+Sampling needs each draft's probability over large tokens, which re-encoded text does not give: there the small
+model drafts only the tokens both vocabularies have with the same text (`shared_vocabulary`, `SharedVocabulary`).
+
 Which large tokens are proposed never affects what is committed at rollback 0: the large model checks every
 proposal against its own argmax, so a poor mapping costs acceptance, not exactness.
 """
@@ -16,6 +19,8 @@ proposal against its own argmax, so a poor mapping costs acceptance, not exactne
 from __future__ import annotations
 
 import weakref
+
+import torch
 
 #: Committed large tokens re-encoded with each draft before the whole committed text is (see `proposals`).
 LOOK_BEHIND = 4
@@ -90,11 +95,23 @@ class TokenBridge:
         # Large special tokens the small tokenizer does not know are left out of the text it reads.
         self.hidden_from_small = {i for i in large_special
                                   if large_tokenizer.convert_ids_to_tokens(i) not in small_vocab}
+        self._shared: dict[tuple, SharedVocabulary] = {}  # sampling's draft vocabularies (`shared_vocabulary`)
         large_vocab = large_tokenizer.get_vocab()
         self.eos_map = {}
         for s in self.small_eos:
             same = large_vocab.get(small_tokenizer.convert_ids_to_tokens(s))
             self.eos_map[s] = same if same in self.large_eos else (self.large_eos[0] if self.large_eos else None)
+
+    def shared_vocabulary(self, large_vocab: int, small_vocab: int, device) -> "SharedVocabulary":
+        """Sampling's draft vocabulary (`SharedVocabulary`): the shared tokens plus the EOS pairs, ids below the
+        models' output sizes; built once per bridge, sizes and device."""
+        key = (large_vocab, small_vocab, str(device))
+        if key not in self._shared:
+            small_ids, large_ids = shared_vocabulary(self.small, self.large)
+            eos = [(s, l) for s, l in self.eos_map.items() if l is not None and s not in small_ids and l not in large_ids]
+            self._shared[key] = SharedVocabulary(small_ids + [s for s, _ in eos], large_ids + [l for _, l in eos],
+                                                 large_vocab, small_vocab, device)
+        return self._shared[key]
 
     # -- large -> small ---------------------------------------------------------------------------------------
 
@@ -232,3 +249,25 @@ def _unique_ids(texts: list[str]) -> dict[str, int]:
             dup.add(t)
         seen[t] = i
     return {t: i for t, i in seen.items() if t not in dup}
+
+
+class SharedVocabulary:
+    """Sampling across two tokenizers: the tokens both vocabularies have with the same text (`bild.bridge.
+    shared_vocabulary`, plus the EOS pairs), as index tensors. The small model's logits of those tokens, placed at
+    their large ids (every other large token -inf), are the draft distribution q over the large vocabulary; a
+    draft is then one large token and one small token at once, so speculative sampling's acceptance test and
+    residual are exact, as with one vocabulary."""
+
+    def __init__(self, small_ids: list[int], large_ids: list[int], large_vocab: int, small_vocab: int, device):
+        keep = [(s, l) for s, l in zip(small_ids, large_ids) if s < small_vocab and l < large_vocab]
+        self.small = torch.tensor([s for s, _ in keep], dtype=torch.long, device=device)
+        self.large = torch.tensor([l for _, l in keep], dtype=torch.long, device=device)
+        self.to_small = torch.full((large_vocab,), -1, dtype=torch.long, device=device)
+        self.to_small[self.large] = self.small
+        self.large_vocab = large_vocab
+
+    def scores(self, small_logits: torch.Tensor) -> torch.Tensor:
+        """(n, V_small) small logits -> (n, V_large) scores: the shared tokens' logits, -inf elsewhere."""
+        out = small_logits.new_full((small_logits.shape[0], self.large_vocab), float("-inf"))
+        out[:, self.large] = small_logits[:, self.small]
+        return out

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from .adapters import ModelAdapter, to_device
-from .bridge import TokenBridge
+from .bridge import SharedVocabulary, TokenBridge
 from .config import ALWAYS_FALLBACK, BiLDConfig
 from .decode import Rows, Stopping, commit, process, verify
 from .policy import fallback_mask, max_prob_and_argmax
@@ -82,7 +82,7 @@ class SmallSide:
 def decode_across(small: ModelAdapter, large: ModelAdapter, bridge: TokenBridge, prompt, prompt_valid,
                   small_prompts: list[list[int]], small_pad: int, processors, criteria, choose, cfg: BiLDConfig,
                   max_length: int, pad_token_id: int, streamer=None, record: tuple[str, ...] = (),
-                  small_limit: int | None = None, shared: "SharedVocabulary | None" = None):
+                  small_limit: int | None = None, shared: SharedVocabulary | None = None):
     """Generate for left-padded prompts (B, P) in large tokens while the small model reads `small_prompts`; returns
     (sequences, stats, per-token values) as `bild.decode.decode` does. small_limit: the small model's positions
     (a row stops drafting before its small tokens reach it). shared (sampling): the two vocabularies' common
@@ -201,28 +201,6 @@ def _draft(side: SmallSide, active: np.ndarray, cfg: BiLDConfig, counts: RowCoun
             break
     return drafts, fell, ended
 
-
-
-class SharedVocabulary:
-    """Sampling across two tokenizers: the tokens both vocabularies have with the same text (`bild.bridge.
-    shared_vocabulary`, plus the EOS pairs), as index tensors. The small model's logits of those tokens, placed at
-    their large ids (every other large token -inf), are the draft distribution q over the large vocabulary; a
-    draft is then one large token and one small token at once, so speculative sampling's acceptance test and
-    residual are exact, as with one vocabulary."""
-
-    def __init__(self, small_ids: list[int], large_ids: list[int], large_vocab: int, small_vocab: int, device):
-        keep = [(s, l) for s, l in zip(small_ids, large_ids) if s < small_vocab and l < large_vocab]
-        self.small = torch.tensor([s for s, _ in keep], dtype=torch.long, device=device)
-        self.large = torch.tensor([l for _, l in keep], dtype=torch.long, device=device)
-        self.to_small = torch.full((large_vocab,), -1, dtype=torch.long, device=device)
-        self.to_small[self.large] = self.small
-        self.large_vocab = large_vocab
-
-    def scores(self, small_logits: torch.Tensor) -> torch.Tensor:
-        """(n, V_small) small logits -> (n, V_large) scores: the shared tokens' logits, -inf elsewhere."""
-        out = small_logits.new_full((small_logits.shape[0], self.large_vocab), float("-inf"))
-        out[:, self.large] = small_logits[:, self.small]
-        return out
 
 
 def _draft_shared(side: SmallSide, state: Rows, shared: SharedVocabulary, choose, processors, stopping: Stopping,

@@ -17,11 +17,11 @@ from transformers.generation.stopping_criteria import StopStringCriteria
 
 from .adapters import DecoderOnlyAdapter, EncoderDecoderAdapter, RightAlignedEncoderDecoderAdapter, encode
 from .architecture import batches_encoder_decoder, needs_row_by_row, step_cost_ratio
-from .bridge import TokenBridge, shared_vocabulary
+from .bridge import TokenBridge
 from .choosers import Greedy, Sampler
 from .config import AUTO, BiLDConfig
 from .costs import PairCosts
-from .cross_decode import SharedVocabulary, decode_across
+from .cross_decode import decode_across
 from .decode import BiLDOutput, decode
 from .plan import costs_for, drafts_at_all, large_alone, warn_large_alone
 from .row_processors import for_rows
@@ -299,12 +299,8 @@ def _bridged(model, small_model, bridge: TokenBridge, input_ids, inputs_tensor, 
     device = input_ids.device
     record = tuple(f for f in run.record if f != "small_scores")  # the small model scores its own vocabulary
     limit = max_positions(small_model)
-    shared = None
-    if run.sampling:  # drafts from the tokens both vocabularies have (bild.cross_decode.SharedVocabulary)
-        small_ids, large_ids = shared_vocabulary(small_tok, bridge.large)
-        eos = [(s, l) for s, l in bridge.eos_map.items() if l is not None and s not in small_ids and l not in large_ids]
-        shared = SharedVocabulary(small_ids + [s for s, _ in eos], large_ids + [l for _, l in eos],
-                                  output_vocab_size(model), small_vocab, device)
+    # Sampling drafts from the tokens both vocabularies have (bild.bridge.SharedVocabulary).
+    shared = bridge.shared_vocabulary(output_vocab_size(model), small_vocab, device) if run.sampling else None
 
     def decode(small, large, prompt, valid, small_prompts, rows):
         choose = Sampler(run.cfg.rollback_threshold, prompt.shape[0], run.cfg.max_small_steps, run.generator) \

@@ -338,3 +338,21 @@ def test_from_pretrained_takes_bilds_own_keywords(decoder_pair):
     expected = generator.large.generate(**inputs, max_new_tokens=4, do_sample=False)
     lossless = BiLDGenerator.from_pretrained(*decoder_pair, rollback_threshold=0.0, tokenizer=tokenizer)
     assert torch.equal(lossless.generate(**inputs, max_new_tokens=4, do_sample=False), expected)
+
+
+def test_metrics_carry_the_cost_model_and_the_ceilings_it_implies(compared):
+    """The pair's cost model (as measured for this run) and, per BiLD setting, its ceiling with every draft
+    accepted and at the acceptance the run measured (accepted / drafted drafts)."""
+    from bild.costs import ModelCosts, PairCosts
+
+    _, result = compared
+    model = result["cost_model"]
+    costs = PairCosts(ModelCosts(**model["costs"]["small"]), ModelCosts(**model["costs"]["large"]),
+                      model["costs"]["device"], model["costs"]["note"])
+    stats = result["systems"]["bild"]["bild_stats"]
+    n = result["thresholds"]["max_small_steps"]
+    assert model["ceiling"]["bild"] == pytest.approx(costs.ceiling(n))
+    at = model["at_measured_acceptance"]["bild"]
+    assert at["acceptance"] == pytest.approx(stats["accepted_drafts"] / stats["drafted_tokens"])
+    assert (at["drafts"], at["speedup"]) == pytest.approx(costs.best_round(at["acceptance"], n))
+    assert at["speedup"] <= model["ceiling"]["bild"] + 1e-9

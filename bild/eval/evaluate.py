@@ -16,6 +16,7 @@ import torch
 
 from .. import env, fetch
 from ..config import AUTO, BiLDConfig
+from ..costs import PairCosts, measure_pair_costs
 from ..hardware import hardware_summary
 from .data import DataSpec, Example, load_examples
 from .prompts import PromptBuilder, PromptSpec, prompt_builder
@@ -241,6 +242,11 @@ def evaluate(spec: EvalSpec, argv: list[str], default_data: str | None = None) -
     hw = hardware_summary(device)
     print(f"Models: {', '.join(f'{r} {d}' for r, d in dtypes.items())} (--dtype {spec.models.dtype}) on {device}, "
           f"{env.cpu_model()} [{' '.join(hw['cpu_flags'])}], bfloat16 native: {hw['bf16_native']}", flush=True)
+    costs = None
+    if spec.model == "bild" and {"small", "large"} <= set(loaded.models):
+        # The pair's cost model on this machine (measured once per process; "auto" decides from the same one).
+        costs = measure_pair_costs(loaded.models["small"], loaded.models["large"], max_width=steps + 1)
+        print(f"Cost model: {costs.summary(steps)}", flush=True)
     ctx = run_context(task, loaded, spec.data, spec.prompt, spec.generation, state)
     draft_vocab = None
     if spec.draft_vocab is not None and spec.model == "bild":
@@ -256,16 +262,17 @@ def evaluate(spec: EvalSpec, argv: list[str], default_data: str | None = None) -
     for system in systems:
         run_dir.merge(system, examples)
     return finish(task, systems, examples, run_dir, settings, ctx.prompts, thresholds, contention,
-                  {"dtypes": dtypes, **hw, "cpu": env.cpu_model()})
+                  {"dtypes": dtypes, **hw, "cpu": env.cpu_model()}, costs)
 
 
 def finish(task: Task, systems: list[str], examples: list[Example], run_dir: RunDir, settings: dict,
            prompts: PromptBuilder, bild_thresholds: dict[str, BiLDConfig], contention: dict | None = None,
-           hardware: dict | None = None) -> dict:
+           hardware: dict | None = None, costs: PairCosts | None = None) -> dict:
     """metrics.json from the merged predictions, and the report.
 
     contention: what `ContentionMonitor` saw while this invocation generated (a resumed run only
-    timed the examples it generated itself)."""
+    timed the examples it generated itself). costs: the pair's cost model, whose ceilings (every draft accepted,
+    and each BiLD setting's measured acceptance) go into metrics.json and the report."""
     references = [e.reference for e in examples]
     per_system, latencies = {}, {}
     for system in systems:
@@ -294,6 +301,24 @@ def finish(task: Task, systems: list[str], examples: list[Example], run_dir: Run
                                  "comparison": comparison(task, per_system, name, latencies)}
                           for name, thresholds in bild_thresholds.items()},
     }
+    if costs is not None:
+        result["cost_model"] = cost_model_report(costs, per_system, bild_thresholds)
     atomic_write_json(run_dir.path / "metrics.json", result)
     print_report(task, result)
     return result
+
+
+def cost_model_report(costs: PairCosts, per_system: dict, bild_thresholds: dict[str, BiLDConfig]) -> dict:
+    """The cost model and the speed-ups it implies: every draft accepted, and at each BiLD setting's measured
+    acceptance (its accepted / drafted tokens, taken as the chance that each draft is accepted), at the best round
+    length up to that setting's max_small_steps."""
+    out = {"costs": costs.to_dict(), "at_measured_acceptance": {}}
+    for name, cfg in bild_thresholds.items():
+        stats = per_system.get(name, {}).get("bild_stats")
+        n = cfg.max_small_steps
+        out.setdefault("ceiling", {})[name] = costs.ceiling(n)
+        if stats and stats.get("drafted_tokens"):
+            acceptance = stats["accepted_drafts"] / stats["drafted_tokens"]
+            drafts, speedup = costs.best_round(acceptance, n)
+            out["at_measured_acceptance"][name] = {"acceptance": acceptance, "drafts": drafts, "speedup": speedup}
+    return out

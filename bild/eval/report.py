@@ -108,6 +108,14 @@ def print_report(task: Task, result: dict, console=None) -> None:
     bild = {name: m["bild_stats"] for name, m in systems.items() if is_bild_system(name)}
     if bild:
         console.print(stats_table(bild))
+    model = result.get("cost_model")
+    for name, ceiling in (model or {}).get("ceiling", {}).items():
+        at = model["at_measured_acceptance"].get(name)
+        line = f"Cost model, {name}: ceiling {ceiling:.2f}x with every draft accepted"
+        if at:
+            line += (f"; {at['speedup']:.2f}x at its measured acceptance {at['acceptance']:.2f} "
+                     f"(rounds of {at['drafts']} drafts)")
+        console.print(line)
     warning = contention_warning(result.get("timing", {}).get("contention") or {})
     if warning:
         console.print(f"[bold red]{warning}[/]")
