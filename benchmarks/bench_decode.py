@@ -10,7 +10,8 @@ absent: the default; `:round`: fallback_rule="round"), optionally `+static`, `+c
 `+compile_small` or `+compile_large` after a BiLD setting (its fast-path variant), and `+vocab`: the small model
 drafts from the --draft_vocab_size tokens used most in --draft_vocab_file (`bild.frequent_tokens`; with the tiny
 models, the first ids); `+bridge`: the same setting through the two-tokenizer path (`cross_tokenizer=True`, the large
-model's tokenizer on both sides), which measures that path's overhead. A `+` variant is also compared with its plain setting (speed-up, identical outputs).
+model's tokenizer on both sides), which measures that path's overhead; `+linear`: bild's few-row passes through plain
+`F.linear` (`weight_stationary=False`, see bild.kernels). A `+` variant is also compared with its plain setting (speed-up, identical outputs).
 
 Prompts: JSON lines with a "prompt" field, or the translation layout of the Debian data
 ({"translation": {"de": ..., "en": ...}}), prompted through the chat template.
@@ -48,7 +49,8 @@ from bild.eval.timing import ContentionMonitor, contention_warning, paired_boots
 
 TRANSLATE = "Translate the following German text to English. Reply with the translation only.\n\n{text}"
 FAST_VARIANTS = {"static": {"static_cache": True}, "compile": {"compile": True},
-                 "compile_small": {"compile": "small"}, "compile_large": {"compile": "large"}}
+                 "compile_small": {"compile": "small"}, "compile_large": {"compile": "large"},
+                 "linear": {"weight_stationary": False}}
 BASELINES = ("large", "assisted")
 
 

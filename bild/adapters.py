@@ -28,6 +28,7 @@ from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer, St
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, bidirectional_mask_function, causal_mask_function
 
 from .architecture import layer_types, sliding_window
+from .kernels import few_token_matmuls
 
 
 def _forward_params(model: PreTrainedModel) -> set[str]:
@@ -146,6 +147,7 @@ class ModelAdapter:
         pad_to=None,
         compiled_forward=None,
         sync: bool = False,
+        weight_stationary: bool | None = None,
     ):
         self.model = model
         self.static_length = static_length  # preallocate a static KV cache of this many slots
@@ -170,6 +172,7 @@ class ModelAdapter:
         self.compactions = 0  # static cache: times the rows' slots were moved to the front (see _compact)
         self.seconds = 0.0
         self.sync = sync  # synchronise the device around forwards when profiling
+        self.weight_stationary = weight_stationary  # few-row matmuls (bild.kernels): None the rule, True/False forced
 
     def _new_cache(self):
         if self.static_length is not None:
@@ -224,7 +227,9 @@ class ModelAdapter:
         start = time.perf_counter()
         if self.sync and self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
-        logits = self._forward(forward, tokens, mask, positions, keep)  # (B, keep, V)
+        rows = 0 if width else tokens.shape[0] * T  # eager forwards only (a compiled one keeps its graph)
+        with few_token_matmuls(self.model, rows, self.weight_stationary):  # float32 on a CPU: see bild.kernels
+            logits = self._forward(forward, tokens, mask, positions, keep)  # (B, keep, V)
         if self.sync and self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         self.seconds += time.perf_counter() - start

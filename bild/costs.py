@@ -27,6 +27,8 @@ from dataclasses import asdict, dataclass, field
 import torch
 from transformers import DynamicCache, EncoderDecoderCache, PreTrainedModel
 
+from .kernels import few_token_matmuls
+
 #: drafting is worth trying only if its ceiling (every draft accepted) is at least this: real drafts are rejected
 #: now and then and each round has loop overhead, so a ceiling of barely 1.0 would mean slower in practice.
 PAYS_MARGIN = 1.1
@@ -147,9 +149,10 @@ def measure_model(model: PreTrainedModel, widths: tuple[int, ...], context: int 
 
     cache_kw = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
-    def forward(tokens, cache, past):
+    def forward(tokens, cache, past):  # as bild's adapters run it (bild.kernels for a few float32 rows on a CPU)
         positions = torch.arange(past, past + tokens.shape[1], device=device)
-        return model(**{key: tokens, cache_kw: cache}, use_cache=True, cache_position=positions, **kwargs)
+        with few_token_matmuls(model, tokens.numel()):
+            return model(**{key: tokens, cache_kw: cache}, use_cache=True, cache_position=positions, **kwargs)
 
     prefill = []
     for _ in range(2):  # the first one warms up

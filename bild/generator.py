@@ -15,7 +15,7 @@ from .hf import bild_generate, check_streamer, compile_roles
 from .validation import bridges_tokenizers, check_generation_config, check_pair
 
 _FORWARDED_TO_BILD = ("small_model", "custom_generate", "bild_config", "cost_model", "small_tokenizer", "large_tokenizer",
-                      "static_cache", "compile", "bild_streamer", "cross_tokenizer")
+                      "static_cache", "compile", "bild_streamer", "cross_tokenizer", "weight_stationary")
 
 
 class BiLDGenerator:
@@ -31,6 +31,9 @@ class BiLDGenerator:
     small_tokenizer / large_tokenizer (or tokenizer= for both): when the two disagree, the pair decodes through
     `bild.bridge` (see the README, "Pairs with different tokenizers"); cross_tokenizer=True forces that path,
     False refuses differing tokenizers.
+
+    weight_stationary: BiLD's passes over 2-16 rows use `bild.kernels`' weight-stationary matmul form: None (default)
+    where it pays by its rule (float32 on a CPU), True always, False never.
 
     draft_vocab: token ids the small model drafts from (e.g. `bild.frequent_tokens(tok, texts, 16384)`): a
     cheaper small step; the large model still verifies every token, so exactness is unchanged (see
@@ -57,6 +60,7 @@ class BiLDGenerator:
         draft_vocab=None,
         cost_model=None,
         cross_tokenizer: bool | None = None,
+        weight_stationary: bool | None = None,
     ):
         self.config = BiLDConfig(fallback_threshold, rollback_threshold, max_small_steps, keep_fallback_draft,
                                  fallback_rule, drafting_guard, cost_ratio)
@@ -65,6 +69,7 @@ class BiLDGenerator:
         self.small_tokenizer = small_tokenizer if small_tokenizer is not None else tokenizer
         self.large_tokenizer = large_tokenizer if large_tokenizer is not None else tokenizer
         self.cross_tokenizer = cross_tokenizer
+        self.weight_stationary = weight_stationary  # bild.kernels: None the rule (float32 on a CPU), True / False
         bridged = bridges_tokenizers(cross_tokenizer, self.small_tokenizer, self.large_tokenizer)
         check_pair(small, large, self.small_tokenizer, self.large_tokenizer, bridged)
         self.small, self.large = small, large
@@ -180,6 +185,7 @@ class BiLDGenerator:
             stop_strings=stop_strings,
             cost_model=self.cost_model,
             cross_tokenizer=self.cross_tokenizer,
+            weight_stationary=self.weight_stationary,
             **kwargs,
         )
 

@@ -64,6 +64,7 @@ def bild_generate(
     stop_strings: str | list[str] | None = None,
     cost_model: PairCosts | None = None,
     cross_tokenizer: bool | None = None,
+    weight_stationary: bool | None = None,
     inputs_tensor: torch.Tensor | None = None,
     **model_kwargs,
 ):
@@ -105,6 +106,8 @@ def bild_generate(
         its draft text is re-encoded into large-model tokens, and the large model judges those (rollback 0 is still
         exactly large greedy; sampling drafts from the tokens both vocabularies share, and stays exact).
         cross_tokenizer=False refuses differing tokenizers instead.
+    weight_stationary: passes over 2-16 rows through `bild.kernels`' weight-stationary matmul form: None (default)
+        where its rule says it pays (float32 on a CPU), True always, False never (plain F.linear).
     bild_profile: synchronise the device around each forward so stats.forward_seconds is exact.
     """
     cfg = bild_config if bild_config is not None else BiLDConfig(fallback_threshold, rollback_threshold, max_small_steps,
@@ -130,7 +133,7 @@ def bild_generate(
         cfg=cfg, max_length=generation_config.max_length, pad=_pad_token_id(generation_config),
         sampling=bool(generation_config.do_sample), generator=generator, streamer=bild_streamer, profile=bild_profile,
         cost_ratio=costs.draft_cost_ratio(cfg.max_small_steps) if costs is not None else _cost_ratio(cfg, small_model, model),
-        record=recorded_fields(generation_config),
+        record=recorded_fields(generation_config), weight_stationary=weight_stationary,
     )
     if bridged:
         bridge = TokenBridge.of(small_tokenizer, large_tokenizer, small_model.generation_config.eos_token_id,
@@ -220,6 +223,11 @@ class Run:
     profile: bool
     cost_ratio: float | None = None  # a small step in large steps, for the drafting guard and "auto"
     record: tuple[str, ...] = ()  # per-token values to return (bild.scores)
+    weight_stationary: bool | None = None  # few-row matmuls (bild.kernels): None the rule, True / False forced
+
+    @property
+    def adapter_options(self) -> dict:
+        return {"sync": self.profile, "weight_stationary": self.weight_stationary}
 
 
     def decode(self, small, large, prompt, prompt_valid, rows: list[int]):
@@ -243,8 +251,8 @@ def _decoder_only(model, small_model, vocab, input_ids, mask, fast: "FastPath", 
     results = []
     for rows in groups:
         g = slice(rows[0], rows[-1] + 1)
-        small = DecoderOnlyAdapter(small_model, len(rows), device, vocab, sync=run.profile, **fast.options(small_model, "small"))
-        large = DecoderOnlyAdapter(model, len(rows), device, sync=run.profile, **fast.options(model, "large"))
+        small = DecoderOnlyAdapter(small_model, len(rows), device, vocab, **run.adapter_options, **fast.options(small_model, "small"))
+        large = DecoderOnlyAdapter(model, len(rows), device, **run.adapter_options, **fast.options(model, "large"))
         results.append(run.decode(small, large, input_ids[g], valid[g], rows))
     return _joined(results, run.pad)
 
@@ -266,7 +274,7 @@ def _encoder_decoder(model, small_model, vocab, input_ids, inputs_tensor, model_
 
     B = input_ids.shape[0]
     if B > 1 and fast.static_length is None and batches_encoder_decoder(model, small_model):
-        kw = dict(sync=run.profile)
+        kw = dict(run.adapter_options)
         small = RightAlignedEncoderDecoderAdapter(
             small_model, B, device, vocab, encoder_outputs=_repeat_rows(small_enc, per_source), **kw,
             encoder_mask=None if source_mask is None else source_mask.to(small_model.device))
@@ -276,7 +284,7 @@ def _encoder_decoder(model, small_model, vocab, input_ids, inputs_tensor, model_
         return run.decode(small, large, input_ids, torch.ones_like(input_ids, dtype=torch.bool), list(range(B)))
 
     def adapter(m, role, vocab_size, encoder_outputs, mask):
-        return EncoderDecoderAdapter(m, 1, device, vocab_size, sync=run.profile, **fast.options(m, role),
+        return EncoderDecoderAdapter(m, 1, device, vocab_size, **run.adapter_options, **fast.options(m, role),
                                      encoder_outputs=encoder_outputs, encoder_mask=None if mask is None else mask.to(m.device))
 
     results = []
@@ -318,8 +326,8 @@ def _bridged(model, small_model, bridge: TokenBridge, input_ids, inputs_tensor, 
         for rows in [[r] for r in range(B)] if alone else [list(range(B))]:
             g = slice(rows[0], rows[-1] + 1)
             prompts = [bridge.small_prompt(input_ids[r][valid[r]].tolist()) for r in rows]
-            small = DecoderOnlyAdapter(small_model, len(rows), device, small_vocab, sync=run.profile)
-            large = DecoderOnlyAdapter(model, len(rows), device, sync=run.profile)
+            small = DecoderOnlyAdapter(small_model, len(rows), device, small_vocab, **run.adapter_options)
+            large = DecoderOnlyAdapter(model, len(rows), device, **run.adapter_options)
             results.append(decode(small, large, input_ids[g], valid[g], prompts, rows))
         return _joined(results, run.pad)
     if inputs_tensor is None:
@@ -336,10 +344,10 @@ def _bridged(model, small_model, bridge: TokenBridge, input_ids, inputs_tensor, 
         src = inputs_tensor[s] if source_mask is None else inputs_tensor[s][source_mask[r].to(inputs_tensor.device).bool()]
         small_source = torch.tensor([bridge.small_prompt(src.tolist(), is_source=True)], device=device)
         check_lengths({"small": small_model}, small_source.shape[1])
-        small = EncoderDecoderAdapter(small_model, 1, device, small_vocab, sync=run.profile,
+        small = EncoderDecoderAdapter(small_model, 1, device, small_vocab, **run.adapter_options,
                                       encoder_outputs=encode(small_model, small_source, None), encoder_mask=None)
         mask_r = None if source_mask is None else source_mask[r : r + 1].to(model.device)
-        large = EncoderDecoderAdapter(model, 1, device, None, sync=run.profile, encoder_outputs=_row(large_enc, r),
+        large = EncoderDecoderAdapter(model, 1, device, None, **run.adapter_options, encoder_outputs=_row(large_enc, r),
                                       encoder_mask=mask_r)
         results.append(decode(small, large, input_ids[r : r + 1], torch.ones_like(input_ids[r : r + 1], dtype=torch.bool),
                               [[int(start)]], [r]))
