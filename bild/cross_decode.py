@@ -182,12 +182,7 @@ def _draft(side: SmallSide, active: np.ndarray, cfg: BiLDConfig, counts: RowCoun
         rows = np.flatnonzero(drafting)
         rows_d = to_device(rows, device)
         max_p, token = max_prob_and_argmax(logits[rows_d])
-        if chain is not None:
-            chain[rows_d] *= max_p
-            max_p = chain[rows_d]
-        fell_back = fallback_mask(max_p, cfg.fallback_threshold)
-        counts.add("small_forward_calls", rows_d, 1)
-        counts.add("fallbacks", rows_d, fell_back)
+        fell_back = _falls_back(max_p, chain, rows_d, cfg, counts)
         side.seq[rows_d, to_device(upto[rows], device)] = token
         token_h, fell_h = torch.stack([token, fell_back.long()]).tolist()  # the step's host read
         k[rows] += 1
@@ -229,12 +224,7 @@ def _draft_shared(side: SmallSide, state: Rows, shared: SharedVocabulary, choose
         at_d = to_device(at, device)
         scores = process(processors, state.seq, rows, at, shared.scores(logits[rows_d]))
         max_p, token = choose.propose(scores, rows_d, step)
-        if chain is not None:
-            chain[rows_d] *= max_p.float()
-            max_p = chain[rows_d]
-        fell_back = fallback_mask(max_p, cfg.fallback_threshold)
-        counts.add("small_forward_calls", rows_d, 1)
-        counts.add("fallbacks", rows_d, fell_back)
+        fell_back = _falls_back(max_p, chain, rows_d, cfg, counts)
         state.seq[rows_d, at_d] = token
         side.seq[rows_d, to_device(upto_small[rows], device)] = shared.to_small[token]
         if cfg.keeps_fallback_draft:
@@ -250,3 +240,15 @@ def _draft_shared(side: SmallSide, state: Rows, shared: SharedVocabulary, choose
         if not drafting.any():
             break
     return k
+
+
+def _falls_back(max_p, chain, rows_d, cfg: BiLDConfig, counts: RowCounters) -> torch.Tensor:
+    """A draft step's fallback decision for rows_d (either rule: chain holds the round's product for "round"),
+    counted as `bild.decode.draft` counts it."""
+    if chain is not None:
+        chain[rows_d] *= max_p.float()
+        max_p = chain[rows_d]
+    fell_back = fallback_mask(max_p, cfg.fallback_threshold)
+    counts.add("small_forward_calls", rows_d, 1)
+    counts.add("fallbacks", rows_d, fell_back)
+    return fell_back
