@@ -10,7 +10,7 @@ or, inside transformers' own generate:
     large.generate(**inputs, custom_generate=bild_generate, small_model=small)
 """
 
-from .config import ALWAYS_FALLBACK, AUTO, BiLDConfig
+from .config import ALWAYS_FALLBACK, AUTO, PAPER_FALLBACK, BiLDConfig
 from .decode import BiLDOutput
 from .draft_vocab import frequent_tokens, restrict_draft_vocab
 from .generator import BiLDGenerator
@@ -19,5 +19,5 @@ from .stats import BiLDStats
 
 __version__ = "0.1.0"
 
-__all__ = ["ALWAYS_FALLBACK", "AUTO", "BiLDConfig", "BiLDGenerator", "BiLDOutput", "BiLDStats", "bild_generate", "frequent_tokens",
+__all__ = ["ALWAYS_FALLBACK", "AUTO", "PAPER_FALLBACK", "BiLDConfig", "BiLDGenerator", "BiLDOutput", "BiLDStats", "bild_generate", "frequent_tokens",
            "restrict_draft_vocab", "__version__"]

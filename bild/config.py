@@ -12,6 +12,9 @@ ALWAYS_FALLBACK = math.inf
 #: per row, how often drafts of each confidence are accepted and keeps drafting while the expected accepted
 #: tokens of one more small step are worth its measured cost.
 AUTO = "auto"
+#: The paper's fallback threshold (its best-quality IWSLT point): `fallback_threshold=PAPER_FALLBACK` with
+#: `rollback_threshold=2.0` .. 5.0 is exactly the paper's rule.
+PAPER_FALLBACK = 0.6
 #: What fallback_threshold is compared with: each draft's max probability, or their product over the round.
 FALLBACK_RULES = ("token", "round")
 
@@ -20,13 +23,18 @@ FALLBACK_RULES = ("token", "round")
 class BiLDConfig:
     """Thresholds of Big Little Decoder (Kim et al., NeurIPS 2023).
 
-    fallback_threshold: the small model stops drafting when its (processed) max probability is
-        below this. In [0, 1], or `ALWAYS_FALLBACK`. 0.0 never falls back. Default 0.6, the
-        paper's setting for its best-quality IWSLT point. `"auto"` (`bild.AUTO`): no threshold to tune; a round
-        goes on while the chance that every draft so far is accepted, times the chance that the next one is,
-        is worth a small step at the row's own rate of tokens per unit of time (see `bild.acceptance`); a row
-        whose drafts do not pay stops drafting. Both chances are learned per row from the verification results
-        of the call, starting from the small model's own confidence.
+    fallback_threshold: `"auto"` (`bild.AUTO`, the default): no threshold to tune; a round goes on while the
+        chance that every draft so far is accepted, times the chance that the next one is, is worth a small step
+        at the row's own rate of tokens per unit of time (see `bild.acceptance`); a row whose drafts do not pay
+        stops drafting (and drafts again when it would pay); where the pair's measured cost model (`bild.costs`)
+        says even every draft accepted cannot beat the large model, the call is the large model's own loop. Both
+        chances are learned per row from the verification results of the call, starting from the small model's
+        own confidence. It is the default because it was at least as fast as 0.6 on both validation sets and never
+        slower than the large model (benchmarks/RESULTS.md, A19). A number: the paper's rule, the small model stops
+        drafting when its (processed) max probability is below it. In [0, 1], or `ALWAYS_FALLBACK`. 0.0 never
+        falls back. `PAPER_FALLBACK` (0.6) is the paper's setting for its best-quality IWSLT point. With
+        rollback > 0, "auto"'s decisions follow measured time, so outputs can differ from run to run: pass a
+        number (or a fixed cost_ratio) for outputs that do not.
     rollback_threshold: a draft is rejected when the large model's cross-entropy on it, in nats,
         exceeds this and it is not the large model's argmax. >= 0; 0.0 makes BiLD lossless
         (identical to large greedy); `math.inf` never rolls back. Default 2.0: the low end of
@@ -58,7 +66,7 @@ class BiLDConfig:
         and "auto", a measured ratio can make outputs differ from run to run, so give a number to fix them.
     """
 
-    fallback_threshold: float | str = 0.6
+    fallback_threshold: float | str = AUTO
     rollback_threshold: float = 2.0
     max_small_steps: int = 10
     keep_fallback_draft: bool | None = None
@@ -90,7 +98,9 @@ class BiLDConfig:
         if not isinstance(self.drafting_guard, bool):
             raise ValueError(f"drafting_guard must be True or False, got {self.drafting_guard!r}.")
         if fb == AUTO and self.fallback_rule != "token":
-            raise ValueError('fallback_threshold="auto" makes its own round-level decision; leave fallback_rule at "token".')
+            raise ValueError('fallback_rule="round" compares a fallback threshold with the product of the round\'s max '
+                             'probabilities, and fallback_threshold="auto" (the default) makes its own round-level '
+                             'decision: pass a number as fallback_threshold (e.g. 0.6) with fallback_rule="round".')
         cr = self.cost_ratio
         if cr is not None and (not isinstance(cr, (int, float)) or isinstance(cr, bool) or not 0 < cr < math.inf):
             raise ValueError(f"cost_ratio must be None (measure it) or a positive number (a small step in large steps), got {cr!r}.")

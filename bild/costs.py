@@ -28,6 +28,7 @@ import torch
 from transformers import DynamicCache, EncoderDecoderCache, PreTrainedModel
 
 from .kernels import few_token_matmuls
+from .validation import max_positions
 
 #: drafting is worth trying only if its ceiling (every draft accepted) is at least this: real drafts are rejected
 #: now and then and each round has loop overhead, so a ceiling of barely 1.0 would mean slower in practice.
@@ -197,6 +198,9 @@ def measure_pair_costs(small: PreTrainedModel, large: PreTrainedModel, max_width
     if cached and key in _MEASURED:
         return _MEASURED[key]
     widths = default_widths(max_width)
+    limits = [n for n in (max_positions(small), max_positions(large)) if n is not None]
+    if limits:  # a model with few positions is measured on a shorter context (what it can generate after)
+        context = max(1, min(context, min(limits) - max(widths) - 1))
     costs = PairCosts(measure_model(small, (1,), context, repeats), measure_model(large, widths, context, repeats),
                       device=str(large.device))
     if cached:

@@ -25,6 +25,10 @@ class BiLDGenerator:
     when the generation config says do_sample=True); with `return_dict_in_generate=True` the output also
     carries BiLD's `stats`.
 
+    fallback_threshold: "auto" (the default) decides per round from the measured costs and acceptance
+    (`bild.acceptance`, `bild.costs`); a number is the paper's rule (`bild.PAPER_FALLBACK`, 0.6, with
+    rollback_threshold 2-5). See `BiLDConfig`.
+
     cost_model: a `bild.costs.PairCosts` for fallback_threshold="auto" to decide from (None: measured on first use,
     see `generator.costs`).
 

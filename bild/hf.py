@@ -23,7 +23,7 @@ from .config import AUTO, BiLDConfig
 from .costs import PairCosts
 from .cross_decode import decode_across
 from .decode import BiLDOutput, decode
-from .plan import costs_for, drafts_at_all, large_alone, warn_large_alone
+from .plan import across_tokenizers, costs_for, drafts_at_all, large_alone, warn_large_alone
 from .row_processors import for_rows
 from .scores import StepOutputs
 from .stats import BiLDStats
@@ -89,7 +89,7 @@ def bild_generate(
         through `torch.compile` ("reduce-overhead", i.e. CUDA graphs, on a GPU). Drafts shorter
         than the window are padded to max_small_steps + 1 so shapes never change. True compiles
         both models; "small" or "large" only that one (the other runs eagerly on its static cache).
-    fallback_rule, drafting_guard, cost_ratio: see `BiLDConfig` (fallback_threshold may be "auto"). A draft vocabulary goes in as the small model itself:
+    fallback_threshold, fallback_rule, drafting_guard, cost_ratio: see `BiLDConfig` (fallback_threshold: "auto" by default, the measured rule; a number for the paper's; with two tokenizers "auto" is the paper's 0.6, with a warning). A draft vocabulary goes in as the small model itself:
         `small_model=bild.restrict_draft_vocab(small, ids)`.
     stop_strings: end a row when its text ends with one of these, judged on verified tokens only (as
         `StopStringCriteria`), with `large_tokenizer` (or `small_tokenizer`): transformers does not hand its own
@@ -118,6 +118,7 @@ def bild_generate(
     vocab = check_request(model, small_model, input_ids, generation_config, small_tokenizer, large_tokenizer,
                           bild_streamer, model_kwargs, bridged)
     if bridged:
+        cfg = across_tokenizers(cfg)
         check_bridged(generation_config, cfg, static_cache, compile)
     stopping_criteria = with_stop_strings(stopping_criteria, stop_strings, large_tokenizer, small_tokenizer)
     costs = costs_for(cfg, small_model, model, cost_model)

@@ -9,7 +9,9 @@ import warnings
 
 import torch
 
-from .config import AUTO, BiLDConfig
+from dataclasses import replace
+
+from .config import AUTO, PAPER_FALLBACK, BiLDConfig
 from .costs import PAYS_MARGIN, PairCosts, measure_pair_costs
 from .stats import BiLDStats
 
@@ -22,7 +24,12 @@ def costs_for(cfg: BiLDConfig, small, large, given: PairCosts | None) -> PairCos
     if given is not None:
         return given
     if cfg.fallback_threshold == AUTO and cfg.cost_ratio is None:
-        return measure_pair_costs(small, large, max_width=cfg.max_small_steps + 1)
+        try:
+            return measure_pair_costs(small, large, max_width=cfg.max_small_steps + 1)
+        except Exception as error:  # a speed decision only: "auto" then starts from the pair's ratio of weights read
+            warnings.warn(f"BiLD: could not measure the pair's cost model ({type(error).__name__}: {error}); "
+                          'fallback_threshold="auto" starts from the ratio of weights read per step instead. Pass '
+                          "cost_model= or cost_ratio= to decide from other costs.", RuntimeWarning, stacklevel=3)
     return None
 
 
@@ -41,6 +48,18 @@ def warn_large_alone(costs: PairCosts, cfg: BiLDConfig, small, large) -> None:
         f"BiLD: drafting cannot pay for this pair on this device ({costs.summary(cfg.max_small_steps)}), so "
         f"fallback_threshold=\"auto\" decodes with the large model alone. {why_not(costs)} Pass a number as "
         "fallback_threshold to draft anyway.", RuntimeWarning, stacklevel=3)
+
+
+def across_tokenizers(cfg: BiLDConfig) -> BiLDConfig:
+    """The settings a two-tokenizer call (`bild.cross_decode`) runs: "auto" is not available there yet, so it is
+    the paper's rule (fallback_threshold=PAPER_FALLBACK, the rest as given) with a warning that says so."""
+    if cfg.fallback_threshold != AUTO:
+        return cfg
+    warnings.warn(
+        f'BiLD: fallback_threshold="auto" (the default) is not available with two different tokenizers yet, so this '
+        f"call uses the paper's rule, fallback_threshold={PAPER_FALLBACK}. Pass a number as fallback_threshold to "
+        "choose it (and silence this warning).", UserWarning, stacklevel=3)
+    return replace(cfg, fallback_threshold=PAPER_FALLBACK)
 
 
 def why_not(costs: PairCosts) -> str:

@@ -91,9 +91,11 @@ def bridges_tokenizers(cross_tokenizer: bool | None, small_tokenizer, large_toke
 
 def check_bridged(config: GenerationConfig, cfg, static_cache: bool = False, compile=False) -> None:
     """What the two-tokenizer path cannot do exactly yet, refused before any generation."""
-    if cfg.fallback_threshold == "auto" or cfg.drafting_guard:
-        raise ValueError("fallback_threshold=\"auto\" and drafting_guard are not supported with two different "
-                         "tokenizers yet: pass a number as fallback_threshold (e.g. 0.6) and drafting_guard=False.")
+    if cfg.fallback_threshold == "auto":  # bild.plan.across_tokenizers resolves it first
+        raise ValueError("fallback_threshold=\"auto\" is not supported with two different tokenizers yet: pass a "
+                         "number as fallback_threshold (e.g. 0.6).")
+    if cfg.drafting_guard:
+        raise ValueError("drafting_guard is not supported with two different tokenizers yet: leave drafting_guard=False.")
     if static_cache or compile:
         raise ValueError("static_cache and compile are not supported with two different tokenizers yet: leave them off.")
 

@@ -262,8 +262,9 @@ def test_custom_generate_with_two_tokenizers(toks):
 def test_what_the_bridge_cannot_do_is_refused_before_generation(toks):
     small, large, st, lt = pair("llama", toks, "unigram", "bpe")
     inputs = lt(PROMPTS[:1], return_tensors="pt")
-    with pytest.raises(ValueError, match="not supported with two different tokenizers"):
-        BiLDGenerator(small, large, "auto", 0.0, small_tokenizer=st, large_tokenizer=lt).generate(**inputs, max_new_tokens=4)
+    with pytest.raises(ValueError, match="drafting_guard is not supported with two different tokenizers"):
+        BiLDGenerator(small, large, 0.4, 0.0, drafting_guard=True, small_tokenizer=st,
+                      large_tokenizer=lt).generate(**inputs, max_new_tokens=4)
     with pytest.raises(ValueError, match="static_cache and compile"):
         BiLDGenerator(small, large, 0.4, 0.0, small_tokenizer=st, large_tokenizer=lt,
                       static_cache=True).generate(**inputs, max_new_tokens=4)
@@ -273,6 +274,18 @@ def test_what_the_bridge_cannot_do_is_refused_before_generation(toks):
         BiLDGenerator(small, large, large_tokenizer=lt, cross_tokenizer=True)
     with pytest.raises(ValueError, match="pass both \\(small_tokenizer=, large_tokenizer=\\)"):
         BiLDGenerator(small, large)  # two vocabulary sizes and no tokenizers: nothing to bridge with
+
+
+def test_auto_across_tokenizers_is_the_papers_rule_with_a_warning(toks):
+    small, large, st, lt = pair("llama", toks, "unigram", "bpe")
+    inputs = lt(PROMPTS[:1], return_tensors="pt")
+    paper = BiLDGenerator(small, large, 0.6, 2.0, small_tokenizer=st, large_tokenizer=lt).generate(
+        **inputs, max_new_tokens=8, return_dict_in_generate=True)
+    with pytest.warns(UserWarning, match="not available with two different tokenizers yet"):
+        default = BiLDGenerator(small, large, small_tokenizer=st, large_tokenizer=lt).generate(
+            **inputs, max_new_tokens=8, return_dict_in_generate=True)  # fallback_threshold="auto", the default
+    assert torch.equal(default.sequences, paper.sequences)
+    assert default.stats.fallbacks == paper.stats.fallbacks and default.stats.tokenizers == "bridged"
 
 
 # -- sampling: drafts from the shared vocabulary ------------------------------------------------------------------

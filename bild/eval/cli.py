@@ -112,8 +112,10 @@ def build_parser(task: Task) -> argparse.ArgumentParser:
     m.add_argument("--large", help="large model (path or hub name); None: the fetched qwen2.5-coder pair")
     m.add_argument("--bild_fallback_threshold", "--bild_fallback", dest="fallback_threshold", type=fallback_value,
                    default=BiLDConfig.fallback_threshold,
-                   help="fall back to the large model below this probability; auto: draft while the expected accepted "
-                        "tokens are worth the measured cost of a small step (learned as it goes)")
+                   help="auto (the default): draft while the expected accepted tokens are worth the measured cost "
+                        "of a small step (learned as it goes; the large model alone where drafting cannot pay); a "
+                        "number: the paper's rule, fall back to the large model below this probability (0.6 with "
+                        "--bild_rollback 3 is the paper's setting)")
     m.add_argument("--bild_rollback_threshold", "--bild_rollback", dest="rollback_threshold", type=float,
                    default=BiLDConfig.rollback_threshold, help="roll back drafts whose large-model loss exceeds this")
     m.add_argument("--max_small_steps", type=int, default=BiLDConfig.max_small_steps,
