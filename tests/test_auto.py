@@ -47,6 +47,22 @@ def test_the_bar_is_cost_times_rate_over_acceptance():
     assert (level <= 1).tolist() == [True, True, False]
 
 
+def test_a_row_that_stops_drafting_resumes_once_plain_steps_bring_its_rate_down():
+    """Issue #19 item 4: a row whose drafting stopped paying takes plain large-model steps (one token per round, no
+    small step), which lower its rate towards 1, so it drafts again as soon as its drafts would beat that rate."""
+    q = np.array([0.41])  # its drafts' estimated acceptance: not worth its current rate at cost 0.3
+    committed, rounds, steps = np.array([20]), np.array([5]), np.array([20])
+    assert drafting_stop_level(q, 0.3, committed, rounds, steps)[0] > 1  # rate 21 / 12: stops drafting
+    plain = 0
+    while drafting_stop_level(q, 0.3, committed, rounds, steps)[0] > 1:
+        committed, rounds, plain = committed + 1, rounds + 1, plain + 1  # a plain step: one token, one large pass
+        assert plain < 100
+    # it resumes when 0.3 * (21 + m) / (12 + m) <= 0.41, i.e. after m = 13 plain steps
+    assert plain == 13
+    # a row whose drafts are worth less than a small step never resumes: the bar stays above 1 at rate 1
+    assert drafting_stop_level(np.array([0.25]), 0.3, np.array([1000]), np.array([1000]), np.array([0]))[0] > 1
+
+
 def test_learning_counts_drafts_up_to_the_first_rejection():
     tracker = AcceptanceTracker(3, 4, CostClock(0.3, measure=False))
     auto = tracker.round(np.zeros(3), np.zeros(3), np.zeros(3), "cpu")

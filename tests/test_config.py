@@ -16,7 +16,7 @@ def test_defaults_and_zero_is_kept():
 
 def test_fallback_rule_is_left_out_of_files_at_its_default():
     assert "fallback_rule" not in BiLDConfig().to_dict()
-    assert BiLDConfig(fallback_rule="round").to_dict()["fallback_rule"] == "round"
+    assert BiLDConfig(0.6, fallback_rule="round").to_dict()["fallback_rule"] == "round"
 
 
 def test_keep_fallback_draft_is_on_by_default_only_when_lossless():

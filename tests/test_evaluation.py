@@ -145,7 +145,7 @@ def test_ids_fall_back_to_row_numbers_when_not_unique(tmp_path):
 
 def test_compare_bild_settings_become_systems():
     args = cli.build_parser(TRANSLATION).parse_args(
-        ["--small", "s", "--large", "l", "--bild_rollback", "0", "--max_small_steps", "5",
+        ["--small", "s", "--large", "l", "--bild_fallback", "0.6", "--bild_rollback", "0", "--max_small_steps", "5",
          "--compare", "assisted,bild:0.4:5,large,bild:0.6:0,bild:0.4:inf:3,bild:0.4:5"])
     spec = cli.eval_spec(TRANSLATION, args)
     settings = evaluate.bild_settings(spec)
@@ -213,6 +213,6 @@ def test_systems_are_interleaved_per_batch_with_one_warm_up_each_and_resume(toke
 def test_help_shows_defaults_and_the_seed():
     text = cli.build_parser(TRANSLATION).format_help()
     assert "--seed SEED" in text and "random seed" in text and "(default: 42)" in text
-    assert "(default: 0.6)" in text and "(default: 128)" in text  # --bild_fallback, --max_new_tokens
+    assert "(default: auto)" in text and "(default: 128)" in text  # --bild_fallback, --max_new_tokens
     assert "(default: 0.5)" in cli.sweep_parser().format_help()  # --max_quality_drop
     assert "(default: 5e-05)" in cli.align_parser().format_help()  # --learning_rate
