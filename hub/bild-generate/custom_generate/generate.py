@@ -22,7 +22,8 @@ def generate(model, *args, **kwargs):
     """BiLD decoding with `model` as the large model; the BiLD arguments are keywords of the `generate` call.
 
     small_model (required): the small model (same vocabulary; both decoder-only or both encoder-decoder).
-    fallback_threshold: the small model hands over to the large one when its top probability is below this.
+    fallback_threshold: "auto" (the default): drafting decided from measured costs and acceptance; a number: the
+        paper's rule, the small model hands over to the large one when its top probability is below it (0.6).
     rollback_threshold: the large model rolls back the first drafted token whose cross-entropy exceeds this;
         0.0 makes the output the large model's greedy output, token for token (float32).
     max_small_steps: the longest draft per round. Further keywords (keep_fallback_draft, fallback_rule,
