@@ -17,9 +17,30 @@ AVX2 = frozenset({"avx2", "fma"})
 
 
 def test_the_rule_by_cpu_flags():
-    assert native_bfloat16("cpu", AMX) and native_bfloat16("cpu", ZEN5) and not native_bfloat16("cpu", AVX2)
-    assert rule_dtype("cpu", AMX) == rule_dtype("cpu", ZEN5) == torch.bfloat16
-    assert rule_dtype("cpu", AVX2) is None  # measured
+    assert native_bfloat16("cpu", AMX, True) and native_bfloat16("cpu", ZEN5, True)
+    assert not native_bfloat16("cpu", AVX2, True)
+    assert rule_dtype("cpu", AMX, True) == rule_dtype("cpu", ZEN5, True) == torch.bfloat16
+    assert rule_dtype("cpu", AVX2, True) is None  # measured
+
+
+def test_bf16_units_torch_does_not_use_are_not_native():
+    """With torch's kernels capped below the CPU's (ONEDNN_MAX_CPU_ISA=AVX2), bfloat16 is emulated: measured."""
+    assert not native_bfloat16("cpu", ZEN5, torch_kernels=False) and rule_dtype("cpu", AMX, False) is None
+
+
+def test_onednn_capped_at_avx2_reads_as_not_native():
+    """The real check, in a fresh process (oneDNN reads its cap once): capped kernels make the rule measure."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("from bild.hardware import hardware_summary as h; s = h('cpu'); "
+            "print(s['bf16_native'], s['torch_cpu_capability'], s['isa_cap'])")
+    env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    native, capability, cap = out.stdout.split(maxsplit=2)
+    assert native == "False" and capability in ("AVX2", "DEFAULT")
+    assert "ONEDNN_MAX_CPU_ISA=AVX2" in cap
 
 
 def test_the_choice_follows_the_job():

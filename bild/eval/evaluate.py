@@ -241,7 +241,8 @@ def evaluate(spec: EvalSpec, argv: list[str], default_data: str | None = None) -
     dtypes = model_dtypes(loaded.models)
     hw = hardware_summary(device)
     print(f"Models: {', '.join(f'{r} {d}' for r, d in dtypes.items())} (--dtype {spec.models.dtype}) on {device}, "
-          f"{env.cpu_model()} [{' '.join(hw['cpu_flags'])}], bfloat16 native: {hw['bf16_native']}", flush=True)
+          f"{env.cpu_model()} [{' '.join(hw['cpu_flags'])}], bfloat16 native: {hw['bf16_native']}"
+          + (f", kernels capped: {hw['isa_cap']}" if hw["isa_cap"] else ""), flush=True)
     costs = None
     if spec.model == "bild" and {"small", "large"} <= set(loaded.models):
         # The pair's cost model on this machine (measured once per process; "auto" decides from the same one).
