@@ -29,6 +29,7 @@ checks, the encoder, output assembly). Prints a table and writes JSON (machine a
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import json
 import math
@@ -40,10 +41,11 @@ import torch
 from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from bild import AUTO, BiLDGenerator
+from bild.config import BiLDConfig
 from bild.env import environment
 from bild.eval.rundir import atomic_write_json
 from bild.eval.systems import DraftVocabSpec
-from bild.hardware import fastest_dtype, rule_dtype
+from bild.hardware import pair_dtypes, rule_dtype
 from bild.eval.tasks import TRANSLATION
 from bild.eval.timing import ContentionMonitor, contention_warning, paired_bootstrap_ci, rotated
 
@@ -62,7 +64,7 @@ def parse_args(argv=None):
     p.add_argument("--max_samples", type=int, default=10, help="first N prompts")
     p.add_argument("--max_new_tokens", type=int, default=64, help="new tokens per prompt at most")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
-                   help="weights' dtype (auto: bfloat16 where the device computes it natively, else measured per model)")
+                   help="weights' dtype (auto: bfloat16 where the device computes it natively, else measured for the pair: bild.hardware.pair_dtypes)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
     p.add_argument("--systems", default="large,small,assisted,bild:0.6:0,bild:0.6:2",
                    help="comma-separated systems (see above)")
@@ -307,8 +309,12 @@ def main(argv=None):
     dtype = (rule_dtype(args.device) or torch.float32) if auto else getattr(torch, args.dtype)
     if args.small and args.large:
         small, large = load(args.small, args.device, dtype), load(args.large, args.device, dtype)
-        if auto and rule_dtype(args.device) is None:  # no rule here: measured, per model
-            fastest_dtype(small, 1), fastest_dtype(large, 5)
+        if auto and rule_dtype(args.device) is None:  # no rule here: the pair's dtypes measured together
+            drafting = "auto" if any(n.split(":")[1] == "auto" for n in args.systems.split(",") if n.startswith("bild:")) \
+                else "always"
+            choice = pair_dtypes(small, large, BiLDConfig.max_small_steps, drafting)
+            args.dtype_choice = dataclasses.asdict(choice)
+            print(f"dtype auto, measured for the pair: {choice.summary()}", file=sys.stderr, flush=True)
         tokenizer = AutoTokenizer.from_pretrained(args.large)
     else:
         small, large, tokenizer = tiny_pair(args.device, dtype)

@@ -14,6 +14,7 @@ speed-up over large greedy it would give. With --compile, also the small step th
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import sys
@@ -24,7 +25,7 @@ import torch
 from transformers import AutoModelForCausalLM, DynamicCache
 
 from bild.env import environment
-from bild.hardware import fastest_dtype, rule_dtype
+from bild.hardware import pair_dtypes, rule_dtype
 from bild.eval.timing import rotated
 
 
@@ -54,7 +55,7 @@ def interleaved(measures: dict, repeats: int, warm_up: int = 2) -> dict[str, lis
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--small", required=True), p.add_argument("--large", required=True)
-    p.add_argument("--dtype", default="auto", help="auto: bfloat16 where native, else measured per model (bild.hardware)")
+    p.add_argument("--dtype", default="auto", help="auto: bfloat16 where native, else measured for the pair (bild.hardware)")
     p.add_argument("--context", type=int, default=100)
     p.add_argument("--max_small_steps", type=int, default=10)
     p.add_argument("--repeats", type=int, default=15)
@@ -66,7 +67,7 @@ def main(argv=None):
     small = AutoModelForCausalLM.from_pretrained(args.small, dtype=dtype).eval()
     large = AutoModelForCausalLM.from_pretrained(args.large, dtype=dtype).eval()
     if auto and rule_dtype("cpu") is None:
-        fastest_dtype(small, 1), fastest_dtype(large, 5)
+        args.dtype_choice = dataclasses.asdict(pair_dtypes(small, large, args.max_small_steps))
     args.model_dtypes = {r: str(next(m.parameters()).dtype).replace("torch.", "") for r, m in (("small", small), ("large", large))}
     measures = {"small_step": lambda: step_ms(small, args.context, 1), "large_step": lambda: step_ms(large, args.context, 1)}
     measures.update({f"verify_{k}": lambda k=k: step_ms(large, args.context, k) for k in range(2, args.max_small_steps + 2)})

@@ -7,10 +7,10 @@ import copy
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, PreTrainedModel
 
-from .config import BiLDConfig
+from .config import AUTO, BiLDConfig
 from .costs import measure_pair_costs
 from .draft_vocab import restrict_draft_vocab
-from .hardware import fastest_dtype, rule_dtype
+from .hardware import pair_dtypes, rule_dtype
 from .hf import bild_generate, check_streamer, compile_roles
 from .validation import bridges_tokenizers, check_generation_config, check_pair
 
@@ -80,6 +80,9 @@ class BiLDGenerator:
         # What drafts: the small model itself, or a view of it scoring only draft_vocab (the small model is unchanged).
         self.drafter = small if draft_vocab is None else restrict_draft_vocab(small, draft_vocab)
         self.cost_model = cost_model  # a bild.costs.PairCosts to decide from, or None (measured when needed)
+        #: from_pretrained(dtype="auto") on a device without native bfloat16: how the dtypes were chosen
+        #: (a bild.hardware.PairChoice with the estimates weighed); None otherwise.
+        self.dtype_choice = None
 
     @property
     def costs(self):
@@ -114,25 +117,29 @@ class BiLDGenerator:
                  large_tokenizer if large_tokenizer is not None else tokenizer)
         models, tokenizers = [], []
         # dtype="auto" means fast on this machine (bild.hardware), not "as stored": bfloat16 where it is native,
-        # else whichever of float32 and bfloat16 measured forwards find faster (per model).
+        # else the pair's dtypes that measured forwards find fastest for a job (bild.hardware.pair_dtypes).
         measure = kwargs.get("dtype") == "auto"
         if measure:
             device = "cuda" if kwargs.get("device_map") is not None and torch.cuda.is_available() else "cpu"
             rule = rule_dtype(device)
-            kwargs = {**kwargs, "dtype": rule} if rule is not None else kwargs
+            kwargs = {**kwargs, "dtype": rule if rule is not None else torch.float32}
             measure = rule is None
-        for name, own, width in zip((small, large), given, (1, max_small_steps // 2 + 1)):
+        for name, own in zip((small, large), given):
             config = AutoConfig.from_pretrained(name, trust_remote_code=kwargs.get("trust_remote_code", False))
             auto = AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM
             models.append(auto.from_pretrained(name, **kwargs).eval())
-            if measure:
-                fastest_dtype(models[-1], width)
             tokenizers.append(own if own is not None else _load_tokenizer(name) if load_tokenizers else None)
-        return cls(
+        choice = None
+        if measure:
+            choice = pair_dtypes(models[0], models[1], max_small_steps,
+                                 drafting="auto" if fallback_threshold == AUTO else "always")
+        generator = cls(
             models[0], models[1], fallback_threshold, rollback_threshold, max_small_steps,
             small_tokenizer=tokenizers[0], large_tokenizer=tokenizers[1], static_cache=static_cache, compile=compile,
             draft_vocab=draft_vocab,
         )
+        generator.dtype_choice = choice
+        return generator
 
     @property
     def tokenizer(self):

@@ -1,5 +1,7 @@
 """`dtype="auto"` that means fast on this machine: bfloat16 where the device computes it natively, elsewhere the
-dtype a few measured forwards find faster for the job (per model: the two models of a pair may differ).
+dtypes a few measured forwards find fastest for the job. A pair is chosen together (`pair_dtypes`): the two models
+may differ, and the large model decoding alone in the dtype it steps fastest in is one of the options weighed, so
+that "auto" never picks dtypes in which drafting only beats a large model slowed by the same choice.
 
 Native bfloat16: CUDA devices that support it, and CPUs with AVX-512 BF16 or AMX (`avx512_bf16` / `amx_bf16` in
 /proc/cpuinfo's flags) whose bfloat16 matmuls torch runs on those units (oneDNN's bfloat16 path). On a CPU without
@@ -17,7 +19,9 @@ import os
 
 import torch
 
-from .costs import ModelCosts, measure_model
+from dataclasses import dataclass
+
+from .costs import PAYS_MARGIN, ModelCosts, PairCosts, default_widths, measure_model
 
 #: The CPU flags that decide matrix-unit speed for these dtypes (recorded with every run).
 MATTERING_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16")
@@ -103,9 +107,88 @@ def fastest_dtype(model, width: int = 1, candidates=(torch.float32, torch.bfloat
     return best, by_dtype
 
 
-def auto_dtype_for(model, device: torch.device | str, width: int = 1) -> torch.dtype:
-    """What `dtype="auto"` loads `model` as on `device`: the rule, else measured (the model is converted)."""
-    dtype = rule_dtype(device)
-    if dtype is None:
-        dtype, _ = fastest_dtype(model, width)
-    return dtype
+#: The job a pair's dtypes are chosen for when the caller says nothing: prompt tokens, new tokens, and the per-draft
+#: acceptance drafting is assumed to reach (the real pair measured 0.76-0.85 on this project's data).
+DEFAULT_JOB = {"prompt_tokens": 100, "new_tokens": 50, "acceptance": 0.8}
+
+
+@dataclass(frozen=True)
+class PairChoice:
+    """The dtypes chosen for a pair, whether the choice expects drafting to pay, and the estimated seconds of the job
+    for every option weighed ("large alone <dtype>", "bild <small dtype>/<large dtype>")."""
+
+    small: str
+    large: str
+    drafts: bool
+    seconds: dict[str, float]
+
+    def summary(self) -> str:
+        best = min(v for k, v in self.seconds.items() if k.startswith("large alone")) if any(
+            k.startswith("large alone") for k in self.seconds) else None
+        options = ", ".join(f"{k} {v:.2f}s" for k, v in sorted(self.seconds.items(), key=lambda kv: kv[1]))
+        plan = "drafting" if self.drafts else "the large model alone"
+        return (f"small {self.small}, large {self.large} ({plan}; estimated job: {options}"
+                + ("" if best is None else f"; large alone in its best dtype {best:.2f}s") + ")")
+
+
+def bild_job_seconds(small: ModelCosts, large: ModelCosts, max_drafts: int, prompt_tokens: int, new_tokens: int,
+                     acceptance: float) -> float:
+    """Pure: both prefills, then drafting rounds of the length fastest at `acceptance` (at least one draft)."""
+    pair = PairCosts(small, large)
+    per_token = min(pair.round_seconds(n) / sum(acceptance ** k for k in range(n + 1))
+                    for n in range(1, max_drafts + 1))
+    return (small.prefill_per_token + large.prefill_per_token) * prompt_tokens + new_tokens * per_token
+
+
+def choose_pair_dtypes(small_by_dtype: dict[str, ModelCosts], large_by_dtype: dict[str, ModelCosts],
+                       max_drafts: int, drafting: str = "auto", prompt_tokens: int = DEFAULT_JOB["prompt_tokens"],
+                       new_tokens: int = DEFAULT_JOB["new_tokens"],
+                       acceptance: float = DEFAULT_JOB["acceptance"]) -> PairChoice:
+    """Pure: the pair's dtypes that make the job shortest.
+
+    With `drafting="auto"` (fallback_threshold="auto": BiLD may decode with the large model alone) the options are
+    the large model alone in each dtype and drafting in each (small, large) combination; drafting is chosen only if
+    its estimate beats the best large-alone one by `bild.costs.PAYS_MARGIN`, so that where it is close the large
+    model is left in the dtype it decodes fastest alone in (and "auto" then finds that drafting cannot pay). With
+    `drafting="always"` (a numeric fallback threshold) only the drafting combinations are weighed. Where the large
+    model runs alone, the small model takes the dtype that drafts best beside it."""
+    bild = {(ds, dl): bild_job_seconds(sc, lc, max_drafts, prompt_tokens, new_tokens, acceptance)
+            for ds, sc in small_by_dtype.items() for dl, lc in large_by_dtype.items()}
+    seconds = {f"bild {ds}/{dl}": t for (ds, dl), t in bild.items()}
+    ds, dl = min(bild, key=bild.get)
+    if drafting == "always":
+        return PairChoice(ds, dl, True, seconds)
+    alone = {dl_: lc.job_seconds(prompt_tokens, new_tokens) for dl_, lc in large_by_dtype.items()}
+    seconds.update({f"large alone {d}": t for d, t in alone.items()})
+    best_alone = min(alone, key=alone.get)
+    if bild[(ds, dl)] * PAYS_MARGIN <= alone[best_alone]:
+        return PairChoice(ds, dl, True, seconds)
+    ds = min(small_by_dtype, key=lambda d: bild[(d, best_alone)])
+    return PairChoice(ds, best_alone, False, seconds)
+
+
+def measure_by_dtype(model, widths: tuple[int, ...], candidates=(torch.float32, torch.bfloat16),
+                     context: int = 64, repeats: int = 2) -> dict[str, ModelCosts]:
+    """`model`'s costs in each candidate dtype (it is converted in place; left in the last one)."""
+    out: dict[str, ModelCosts] = {}
+    for dtype in candidates:
+        model.to(dtype)
+        out[str(dtype).replace("torch.", "")] = measure_model(model, widths, context=context, repeats=repeats)
+    return out
+
+
+def pair_dtypes(small, large, max_drafts: int = 10, drafting: str = "auto",
+                candidates=(torch.float32, torch.bfloat16), **job) -> PairChoice:
+    """Measure both models in each candidate dtype (a few forwards each: the small model's step, the large model's
+    passes over 1 .. max_drafts + 1 tokens, both prefills), choose with `choose_pair_dtypes`, and leave each model
+    in its chosen dtype. What `dtype="auto"` does for a pair on a device without native bfloat16."""
+    from .validation import max_positions
+
+    widths = default_widths(max_drafts + 1)
+    limits = [n for n in (max_positions(small), max_positions(large)) if n is not None]
+    context = max(1, min([64] + [n - max(widths) - 1 for n in limits]))
+    choice = choose_pair_dtypes(measure_by_dtype(small, (1,), candidates, context),
+                                measure_by_dtype(large, widths, candidates, context), max_drafts, drafting, **job)
+    small.to(getattr(torch, choice.small))
+    large.to(getattr(torch, choice.large))
+    return choice

@@ -42,8 +42,10 @@ def de_en(folder) -> Path:
 
 
 def translation_args(pair, data: Path, output_dir: Path, *extra: str) -> list[str]:
+    """float32: these tests compare runs with each other, and dtype "auto" is measured (timing-dependent) on a CPU
+    without native bfloat16 (test_measured_dtypes_are_kept_by_a_resumed_run covers that path)."""
     small, large = pair
-    return ["--model", "bild", "--small", small, "--large", large, "--test_file", str(data),
+    return ["--model", "bild", "--small", small, "--large", large, "--test_file", str(data), "--dtype", "float32",
             "--max_new_tokens", "8", "--batch_size", "2", "--output_dir", str(output_dir), *extra]
 
 
@@ -113,7 +115,7 @@ def test_model_path_alone_is_a_plain_baseline(compared, decoder_pair, de_en, fol
     """`--model PATH` runs that model alone: the same predictions as the `large` system."""
     out = folder / "model-alone"
     result = translation.main(["--model", decoder_pair[1], "--test_file", str(de_en), "--max_new_tokens", "8",
-                               "--batch_size", "2", "--output_dir", str(out)])
+                               "--batch_size", "2", "--output_dir", str(out), "--dtype", "float32"])
     assert list(result["systems"]) == ["model"] and result["comparison"] == {}
     alone = [r["prediction"] for r in read_jsonl(out / "predictions_model.jsonl")]
     assert alone == [r["prediction"] for r in read_jsonl(compared[0] / "predictions_large.jsonl")]
@@ -199,6 +201,24 @@ def test_threshold_zero_reaches_the_decoder_as_zero(flags, decoder_pair, de_en, 
     result = translation.main(argv)
     assert [(c.fallback_threshold, c.rollback_threshold) for c in seen] == [(0.0, 0.0)]
     assert result["thresholds"]["fallback_threshold"] == 0.0 and result["thresholds"]["rollback_threshold"] == 0.0
+
+
+def test_measured_dtypes_are_kept_by_a_resumed_run(decoder_pair, de_en, tmp_path, monkeypatch):
+    """Where dtype "auto" has no rule (no native bfloat16) the pair's dtypes are measured; the run writes them down,
+    and a resumed run generates in them whatever a new measurement would say."""
+    monkeypatch.setattr(systems, "rule_dtype", lambda device: None)
+    out = tmp_path / "measured"
+    argv = [a for a in translation_args(decoder_pair, de_en, out, "--compare", "large") if a not in ("--dtype",
+                                                                                                     "float32")]
+    first = translation.main(argv + ["--max_samples", "2"])
+    recorded = json.loads((out / "dtypes.json").read_text())
+    assert recorded == first["hardware"]["dtypes"] and set(recorded) == {"small", "large"}
+    assert first["hardware"]["dtype_choice"]["large"] == recorded["large"]
+    other = {d: "bfloat16" if d == "float32" else "float32" for d in ("float32", "bfloat16")}
+    flipped = {role: other[d] for role, d in recorded.items()}  # what a later measurement might find instead
+    (out / "dtypes.json").write_text(json.dumps(flipped))
+    resumed = translation.main(argv)
+    assert resumed["hardware"]["dtypes"] == flipped
 
 
 def test_resume_after_interrupt_gives_identical_predictions(compared, decoder_pair, de_en, tmp_path, monkeypatch):

@@ -8,7 +8,8 @@ import torch
 from bild import BiLDGenerator
 from bild.costs import ModelCosts
 from bild.env import environment
-from bild.hardware import MATTERING_FLAGS, choose_dtype, fastest_dtype, native_bfloat16, rule_dtype
+from bild.hardware import (MATTERING_FLAGS, bild_job_seconds, choose_dtype, choose_pair_dtypes,
+                           fastest_dtype, native_bfloat16, pair_dtypes, rule_dtype)
 from tiny_models import tiny_model
 
 AMX = frozenset({"avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16"})
@@ -67,6 +68,69 @@ def test_environment_names_the_flags_and_the_rule():
     assert set(env["cpu_flags"]) <= set(MATTERING_FLAGS) and isinstance(env["bf16_native"], bool)
 
 
+# The real pair measured under ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 (RESULTS.md A20): bfloat16 steps are
+# 3x faster than float32 ones, but its passes over several tokens and its prefills are slow (emulated bfloat16).
+EMULATED_AVX2 = {
+    "small": {"float32": ModelCosts({1: 0.146}, 0.0088), "bfloat16": ModelCosts({1: 0.052}, 0.0264)},
+    "large": {"float32": ModelCosts({1: 0.379, 2: 0.249, 3: 0.441, 5: 0.582, 11: 0.937}, 0.0259),
+              "bfloat16": ModelCosts({1: 0.1275, 2: 0.2105, 3: 0.278, 5: 0.462, 11: 0.892}, 0.0726)},
+}
+# The same pair with native bfloat16 (RESULTS.md A16): a pass over a few tokens costs about a step.
+NATIVE = {
+    "small": {"float32": ModelCosts({1: 0.141}, 0.010), "bfloat16": ModelCosts({1: 0.0516}, 0.002)},
+    "large": {"float32": ModelCosts({1: 0.355, 2: 0.69, 3: 1.0, 5: 0.70, 11: 1.0}, 0.025),
+              "bfloat16": ModelCosts({1: 0.1295, 2: 0.139, 3: 0.152, 5: 0.144, 11: 0.166}, 0.0051)},
+}
+
+
+def test_pair_choice_where_bfloat16_is_emulated_keeps_the_large_model_in_its_fastest_dtype():
+    """Per model, the large one would go to float32 (cheaper wide passes and prefill) and drafting would then beat
+    a float32 large model; but the large model alone in bfloat16 is as fast, so auto leaves it there, alone."""
+    small, large = EMULATED_AVX2["small"], EMULATED_AVX2["large"]
+    assert choose_dtype(large, width=5) == "float32"  # what a per-model choice did
+    choice = choose_pair_dtypes(small, large, max_drafts=10)
+    assert (choice.small, choice.large, choice.drafts) == ("bfloat16", "bfloat16", False)
+    alone = choice.seconds["large alone bfloat16"]
+    assert alone == pytest.approx(100 * 0.0726 + 50 * 0.1275)
+    assert min(v for k, v in choice.seconds.items() if k.startswith("bild")) * 1.1 > alone
+    # A numeric fallback threshold drafts whatever the costs: the best drafting combination then.
+    always = choose_pair_dtypes(small, large, max_drafts=10, drafting="always")
+    assert always.drafts and (always.small, always.large) == ("bfloat16", "float32")
+    assert not any(k.startswith("large alone") for k in always.seconds)
+
+
+def test_pair_choice_where_bfloat16_is_native_drafts_in_bfloat16():
+    choice = choose_pair_dtypes(NATIVE["small"], NATIVE["large"], max_drafts=10)
+    assert (choice.small, choice.large, choice.drafts) == ("bfloat16", "bfloat16", True)
+    assert choice.seconds["bild bfloat16/bfloat16"] * 1.1 <= choice.seconds["large alone bfloat16"]
+
+
+def test_pair_choice_margin_and_the_job():
+    """Drafting must beat the large model alone by the margin; the job's shape moves the answer."""
+    small = {"bfloat16": ModelCosts({1: 0.05}, 0.0)}
+    large = {"bfloat16": ModelCosts({1: 0.1, 2: 0.1, 11: 0.1}, 0.0)}
+    assert choose_pair_dtypes(small, large, 10).drafts
+    pricey = {"bfloat16": ModelCosts({1: 0.1, 2: 0.121, 3: 0.2, 11: 0.9}, 0.0)}  # a bit faster, not by 1.1x
+    per_token = min((n * 0.05 + pricey["bfloat16"].pass_seconds(n + 1)) / sum(0.8 ** k for k in range(n + 1))
+                    for n in range(1, 11))
+    assert 0.1 / 1.1 < per_token < 0.1
+    assert not choose_pair_dtypes(small, pricey, 10).drafts
+    assert bild_job_seconds(small["bfloat16"], pricey["bfloat16"], 10, 0, 50, 0.8) == pytest.approx(50 * per_token)
+    # Long prompts favour the dtype with the cheap prefill, short ones the cheap step.
+    both = {"float32": ModelCosts({1: 0.3}, 0.01), "bfloat16": ModelCosts({1: 0.1}, 0.05)}
+    assert choose_pair_dtypes(small, both, 10, prompt_tokens=10).large == "bfloat16"
+    assert choose_pair_dtypes(small, both, 10, prompt_tokens=2000, new_tokens=10).large == "float32"
+
+
+def test_pair_dtypes_measures_both_and_leaves_each_in_its_choice():
+    small, large = tiny_model("llama", seed=0), tiny_model("llama", seed=1)
+    choice = pair_dtypes(small, large, max_drafts=4)
+    assert {"large alone float32", "large alone bfloat16", "bild bfloat16/float32"} <= set(choice.seconds)
+    assert next(small.parameters()).dtype == getattr(torch, choice.small)
+    assert next(large.parameters()).dtype == getattr(torch, choice.large)
+    assert choice.summary().startswith(f"small {choice.small}, large {choice.large}")
+
+
 def test_from_pretrained_dtype_auto(tmp_path):
     for role, seed in (("small", 0), ("large", 1)):
         tiny_model("llama", seed=seed).save_pretrained(tmp_path / role)
@@ -77,6 +141,10 @@ def test_from_pretrained_dtype_auto(tmp_path):
         assert dtype in (torch.float32, torch.bfloat16)
         if rule_dtype("cpu") is not None:
             assert dtype == torch.bfloat16
+    if rule_dtype("cpu") is None:  # measured for the pair, drafting always (a numeric fallback threshold)
+        assert gen.dtype_choice.drafts and next(gen.large.parameters()).dtype == getattr(torch, gen.dtype_choice.large)
+    else:
+        assert gen.dtype_choice is None
     explicit = BiLDGenerator.from_pretrained(str(tmp_path / "small"), str(tmp_path / "large"), load_tokenizers=False,
                                              dtype=torch.float32)
     assert next(explicit.large.parameters()).dtype == torch.float32  # an explicit dtype wins

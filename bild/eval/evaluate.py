@@ -9,6 +9,7 @@ each runs as its own system (``bild-fb0.4-rb5-n6``) on the same inputs in the sa
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from .data import DataSpec, Example, load_examples
 from .prompts import PromptBuilder, PromptSpec, prompt_builder
 from .report import comparison, print_report, system_metrics
 from .timing import ContentionMonitor
-from .rundir import RunDir, atomic_write_json, fingerprint
+from .rundir import DTYPES, RunDir, atomic_write_json, fingerprint
 from .runner import TIMING, RunContext, System, run_systems
 from .systems import (BASELINES, DraftVocabSpec, LoadedModels, ModelSpec, bild_system_name, cpu_only, eos_token_ids,
                       load_models, model_dtypes, resolve_device, roles_of)
@@ -237,12 +238,22 @@ def evaluate(spec: EvalSpec, argv: list[str], default_data: str | None = None) -
         raise SystemExit("No examples to evaluate: the split is empty or --max_samples is 0.")
     if state.is_main_process:
         report_reuse(run_dir, systems, examples)
-    loaded = load_models(paths, spec.models, device)
+    loaded = load_models(paths, spec.models, device, max_drafts=steps,
+                         drafting="auto" if any(c.fallback_threshold == AUTO for c in thresholds.values()) else "always")
+    if loaded.dtype_choice is not None:  # measured: a resumed run keeps the dtypes it started with
+        with state.main_process_first():
+            pinned = run_dir.pinned_dtypes(model_dtypes(loaded.models)) if state.is_main_process else \
+                json.loads((run_dir.path / DTYPES).read_text())
+        for role, dtype in pinned.items():
+            loaded.models[role].to(getattr(torch, dtype))
     dtypes = model_dtypes(loaded.models)
     hw = hardware_summary(device)
     print(f"Models: {', '.join(f'{r} {d}' for r, d in dtypes.items())} (--dtype {spec.models.dtype}) on {device}, "
           f"{env.cpu_model()} [{' '.join(hw['cpu_flags'])}], bfloat16 native: {hw['bf16_native']}"
           + (f", kernels capped: {hw['isa_cap']}" if hw["isa_cap"] else ""), flush=True)
+    if loaded.dtype_choice is not None:
+        print(f"dtype auto, measured for the pair: {loaded.dtype_choice.summary()}", flush=True)
+        hw = {**hw, "dtype_choice": dataclasses.asdict(loaded.dtype_choice)}
     costs = None
     if spec.model == "bild" and {"small", "large"} <= set(loaded.models):
         # The pair's cost model on this machine (measured once per process; "auto" decides from the same one).

@@ -92,6 +92,10 @@ class PredictionWriter:
         self.handle.close()
 
 
+#: The dtypes a run measured for its models (dtype "auto" without a rule), kept so that a resumed run uses them.
+DTYPES = "dtypes.json"
+
+
 @dataclass(frozen=True)
 class RunDir:
     """One output folder. `products`: the files a command derives from the predictions (cleared with them);
@@ -127,7 +131,7 @@ class RunDir:
 
     def clear(self) -> None:
         """Remove the files an earlier run wrote (and nothing else)."""
-        for name in ("config.json", *self.products):
+        for name in ("config.json", DTYPES, *self.products):
             (self.path / name).unlink(missing_ok=True)
         for path in self.path.glob("predictions_*.jsonl"):
             path.unlink()
@@ -146,6 +150,16 @@ class RunDir:
         config = {"fingerprint": expected, "settings": settings, **fields, "started": now()}
         atomic_write_json(self.path / "config.json", config)
         return expected
+
+    def pinned_dtypes(self, measured: dict[str, str]) -> dict[str, str]:
+        """role -> dtype the models generate in for this run. dtype "auto" measured on a CPU without native bfloat16
+        depends on timing, and a resumed run must generate in the dtypes its finished examples were made in: those
+        (dtypes.json) where the folder holds predictions, else `measured`, written down for a later resume."""
+        path = self.path / DTYPES
+        if path.exists() and self.has_predictions():
+            return json.loads(path.read_text())
+        atomic_write_json(path, measured)
+        return measured
 
     # -- prediction files: append-only, crash-safe, resumable
 

@@ -12,7 +12,7 @@ import torch
 from ..config import BiLDConfig
 from ..frontier import format_threshold
 from ..generator import BiLDGenerator
-from ..hardware import fastest_dtype, rule_dtype
+from ..hardware import fastest_dtype, pair_dtypes, rule_dtype
 from ..stats import BiLDStats
 
 BASELINES = ("large", "small", "assisted")
@@ -56,11 +56,13 @@ class DraftVocabSpec:
 
 @dataclass
 class LoadedModels:
-    """role -> model, role -> tokenizer (None where a folder has none), and whether they are seq2seq."""
+    """role -> model, role -> tokenizer (None where a folder has none), whether they are seq2seq, and how a pair's
+    dtypes were chosen (`bild.hardware.PairChoice`, where dtype "auto" measured them)."""
 
     models: dict
     tokenizers: dict
     encoder_decoder: bool
+    dtype_choice: object = None
 
     def reference_tokenizer(self):
         """The tokenizer of the reference model (large, else the only one), else any there is."""
@@ -123,31 +125,38 @@ def load_model(path: str, dtype: str, device: torch.device, device_map: str | No
     """A causal or seq2seq LM in eval mode, on `device` (or spread by `device_map`).
 
     dtype "auto": fast on this machine (`bild.hardware`): bfloat16 where the device computes it natively, else the
-    dtype that measured forwards find faster for the job (`width`: tokens per pass, 1 for a drafting model)."""
+    dtype that measured forwards find faster for the job (`width`: tokens per pass; 1 decodes step by step), or
+    `width=None`: float32 for now, the caller measures (a pair's dtypes are chosen together: `load_models`)."""
     from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
     auto = AutoModelForSeq2SeqLM if is_encoder_decoder(path) else AutoModelForCausalLM
-    torch_dtype = getattr(torch, dtype) if dtype != "auto" else (rule_dtype(device) or "auto")
+    measure = dtype == "auto" and rule_dtype(device) is None
+    torch_dtype = getattr(torch, dtype) if dtype != "auto" else (rule_dtype(device) or torch.float32)
     if device_map:
         model = auto.from_pretrained(path, dtype=torch_dtype, device_map=device_map).eval()
     else:
         model = auto.from_pretrained(path, dtype=torch_dtype).to(device).eval()
-    if torch_dtype == "auto":  # no rule for this device: measure
+    if measure and width is not None:  # no rule for this device: measure
         fastest_dtype(model, width)
     return model
 
 
-#: tokens per pass a role's model mostly runs (the large model verifies drafts; the others decode step by step).
-ROLE_WIDTH = {"large": 5}
-
-
-def load_models(paths: dict[str, str], spec: ModelSpec, device: torch.device) -> LoadedModels:
-    """Every model of `paths` (role -> path) and its tokenizer."""
+def load_models(paths: dict[str, str], spec: ModelSpec, device: torch.device, max_drafts: int = 10,
+                drafting: str = "auto") -> LoadedModels:
+    """Every model of `paths` (role -> path) and its tokenizer. With dtype "auto" and no rule for the device, a small
+    and a large model are measured together and given the dtypes that make BiLD's job shortest
+    (`bild.hardware.pair_dtypes`; `drafting`: "auto" where the large model may decode alone, "always" for a numeric
+    fallback threshold); `loaded.dtype_choice` says how."""
     encoder_decoder = is_encoder_decoder(next(iter(paths.values())))
-    models = {role: load_model(path, spec.dtype, device, spec.device_map, ROLE_WIDTH.get(role, 1))
+    pair = {"small", "large"} <= set(paths)
+    models = {role: load_model(path, spec.dtype, device, spec.device_map,
+                               None if pair and role in ("small", "large") else 1)
               for role, path in paths.items()}
     tokenizers = {role: maybe_tokenizer(path, encoder_decoder) for role, path in paths.items()}
-    return LoadedModels(models, tokenizers, encoder_decoder)
+    choice = None
+    if pair and spec.dtype == "auto" and rule_dtype(device) is None:
+        choice = pair_dtypes(models["small"], models["large"], max_drafts, drafting)
+    return LoadedModels(models, tokenizers, encoder_decoder, choice)
 
 
 def model_dtypes(models: dict) -> dict[str, str]:
