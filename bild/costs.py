@@ -22,6 +22,7 @@ from __future__ import annotations
 import inspect
 import statistics
 import time
+import weakref
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -180,13 +181,15 @@ def measure_model(model: PreTrainedModel, widths: tuple[int, ...], context: int 
     return ModelCosts({w: statistics.median(v) for w, v in times.items()}, prefill[-1] / context, dtype, context)
 
 
-_MEASURED: dict[tuple, PairCosts] = {}
+#: small model -> large model -> {(devices, dtypes, attention, max_width): costs}, held weakly: an entry goes with its
+#: models, so a model created later (even at the same address) is measured anew.
+_MEASURED: "weakref.WeakKeyDictionary[PreTrainedModel, weakref.WeakKeyDictionary]" = weakref.WeakKeyDictionary()
 
 
 def _key(small: PreTrainedModel, large: PreTrainedModel, max_width: int) -> tuple:
     def one(m):
         p = next(m.parameters())
-        return id(m), str(p.device), str(p.dtype), m.config._attn_implementation
+        return str(p.device), str(p.dtype), m.config._attn_implementation
     return one(small), one(large), max_width
 
 
@@ -195,8 +198,9 @@ def measure_pair_costs(small: PreTrainedModel, large: PreTrainedModel, max_width
     """The pair's cost model on the models' devices and dtypes. With `cached` it is measured once per process for
     each pair, device, dtype and attention implementation (about 3 x 5 forwards of each model)."""
     key = _key(small, large, max_width)
-    if cached and key in _MEASURED:
-        return _MEASURED[key]
+    known = _MEASURED.setdefault(small, weakref.WeakKeyDictionary()).setdefault(large, {})
+    if cached and key in known:
+        return known[key]
     widths = default_widths(max_width)
     limits = [n for n in (max_positions(small), max_positions(large)) if n is not None]
     if limits:  # a model with few positions is measured on a shorter context (what it can generate after)
@@ -204,5 +208,5 @@ def measure_pair_costs(small: PreTrainedModel, large: PreTrainedModel, max_width
     costs = PairCosts(measure_model(small, (1,), context, repeats), measure_model(large, widths, context, repeats),
                       device=str(large.device))
     if cached:
-        _MEASURED[key] = costs
+        known[key] = costs
     return costs

@@ -19,7 +19,7 @@ import os
 
 import torch
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .costs import PAYS_MARGIN, ModelCosts, PairCosts, default_widths, measure_model
 
@@ -121,13 +121,16 @@ class PairChoice:
     large: str
     drafts: bool
     seconds: dict[str, float]
+    job: dict = field(default_factory=dict)
 
     def summary(self) -> str:
         best = min(v for k, v in self.seconds.items() if k.startswith("large alone")) if any(
             k.startswith("large alone") for k in self.seconds) else None
         options = ", ".join(f"{k} {v:.2f}s" for k, v in sorted(self.seconds.items(), key=lambda kv: kv[1]))
         plan = "drafting" if self.drafts else "the large model alone"
-        return (f"small {self.small}, large {self.large} ({plan}; estimated job: {options}"
+        shape = (f" of {self.job['prompt_tokens']} prompt and {self.job['new_tokens']} new tokens at acceptance "
+                 f"{self.job['acceptance']}" if self.job else "")
+        return (f"small {self.small}, large {self.large} ({plan}; estimated job{shape}: {options}"
                 + ("" if best is None else f"; large alone in its best dtype {best:.2f}s") + ")")
 
 
@@ -152,19 +155,20 @@ def choose_pair_dtypes(small_by_dtype: dict[str, ModelCosts], large_by_dtype: di
     model is left in the dtype it decodes fastest alone in (and "auto" then finds that drafting cannot pay). With
     `drafting="always"` (a numeric fallback threshold) only the drafting combinations are weighed. Where the large
     model runs alone, the small model takes the dtype that drafts best beside it."""
+    job = {"prompt_tokens": prompt_tokens, "new_tokens": new_tokens, "acceptance": acceptance}
     bild = {(ds, dl): bild_job_seconds(sc, lc, max_drafts, prompt_tokens, new_tokens, acceptance)
             for ds, sc in small_by_dtype.items() for dl, lc in large_by_dtype.items()}
     seconds = {f"bild {ds}/{dl}": t for (ds, dl), t in bild.items()}
     ds, dl = min(bild, key=bild.get)
     if drafting == "always":
-        return PairChoice(ds, dl, True, seconds)
+        return PairChoice(ds, dl, True, seconds, job)
     alone = {dl_: lc.job_seconds(prompt_tokens, new_tokens) for dl_, lc in large_by_dtype.items()}
     seconds.update({f"large alone {d}": t for d, t in alone.items()})
     best_alone = min(alone, key=alone.get)
     if bild[(ds, dl)] * PAYS_MARGIN <= alone[best_alone]:
-        return PairChoice(ds, dl, True, seconds)
+        return PairChoice(ds, dl, True, seconds, job)
     ds = min(small_by_dtype, key=lambda d: bild[(d, best_alone)])
-    return PairChoice(ds, best_alone, False, seconds)
+    return PairChoice(ds, best_alone, False, seconds, job)
 
 
 def measure_by_dtype(model, widths: tuple[int, ...], candidates=(torch.float32, torch.bfloat16),

@@ -89,7 +89,7 @@ def bild_generate(
         through `torch.compile` ("reduce-overhead", i.e. CUDA graphs, on a GPU). Drafts shorter
         than the window are padded to max_small_steps + 1 so shapes never change. True compiles
         both models; "small" or "large" only that one (the other runs eagerly on its static cache).
-    fallback_threshold, fallback_rule, drafting_guard, cost_ratio: see `BiLDConfig` (fallback_threshold: "auto" by default, the measured rule; a number for the paper's; with two tokenizers "auto" is the paper's 0.6, with a warning). A draft vocabulary goes in as the small model itself:
+    fallback_threshold, fallback_rule, drafting_guard, cost_ratio: see `BiLDConfig` (fallback_threshold: "auto" by default, the measured rule; a number for the paper's; with two tokenizers "auto" decodes with the large model alone where the cost model says drafting cannot pay, and is otherwise the paper's 0.6, with a warning). A draft vocabulary goes in as the small model itself:
         `small_model=bild.restrict_draft_vocab(small, ids)`.
     stop_strings: end a row when its text ends with one of these, judged on verified tokens only (as
         `StopStringCriteria`), with `large_tokenizer` (or `small_tokenizer`): transformers does not hand its own
@@ -118,15 +118,16 @@ def bild_generate(
     vocab = check_request(model, small_model, input_ids, generation_config, small_tokenizer, large_tokenizer,
                           bild_streamer, model_kwargs, bridged)
     if bridged:
-        cfg = across_tokenizers(cfg)
         check_bridged(generation_config, cfg, static_cache, compile)
     stopping_criteria = with_stop_strings(stopping_criteria, stop_strings, large_tokenizer, small_tokenizer)
     costs = costs_for(cfg, small_model, model, cost_model)
-    if not drafts_at_all(cfg, costs):
+    if not drafts_at_all(cfg, costs):  # under "auto", on either path: the large model alone where drafting cannot pay
         warn_large_alone(costs, cfg, small_model, model)
         return large_alone(model, input_ids, logits_processor if logits_processor is not None else LogitsProcessorList(),
                            stopping_criteria if stopping_criteria is not None else StoppingCriteriaList(),
                            generation_config, bild_streamer, model_kwargs, _pad_token_id(generation_config), costs, cfg)
+    if bridged:  # "auto" that drafts is the paper's rule across tokenizers (per-round auto is not available there)
+        cfg = across_tokenizers(cfg)
     fast = FastPath.build(static_cache, compile_roles(compile), cfg, generation_config.max_length, input_ids, model)
     run = Run(
         processors=logits_processor if logits_processor is not None else LogitsProcessorList(),

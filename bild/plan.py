@@ -51,14 +51,15 @@ def warn_large_alone(costs: PairCosts, cfg: BiLDConfig, small, large) -> None:
 
 
 def across_tokenizers(cfg: BiLDConfig) -> BiLDConfig:
-    """The settings a two-tokenizer call (`bild.cross_decode`) runs: "auto" is not available there yet, so it is
-    the paper's rule (fallback_threshold=PAPER_FALLBACK, the rest as given) with a warning that says so."""
+    """The settings a two-tokenizer call (`bild.cross_decode`) drafts with: "auto"'s per-round rule is not available
+    there yet, so where the call-level decision (`drafts_at_all`, from the cost model) lets it draft, it is the
+    paper's rule (fallback_threshold=PAPER_FALLBACK, the rest as given), with a warning that says so."""
     if cfg.fallback_threshold != AUTO:
         return cfg
     warnings.warn(
-        f'BiLD: fallback_threshold="auto" (the default) is not available with two different tokenizers yet, so this '
-        f"call uses the paper's rule, fallback_threshold={PAPER_FALLBACK}. Pass a number as fallback_threshold to "
-        "choose it (and silence this warning).", UserWarning, stacklevel=3)
+        f'BiLD: fallback_threshold="auto" (the default) decides per call with two different tokenizers, not per round '
+        f"yet: drafting can pay here, so this call uses the paper's rule, fallback_threshold={PAPER_FALLBACK}. Pass a "
+        "number as fallback_threshold to choose it (and silence this warning).", UserWarning, stacklevel=3)
     return replace(cfg, fallback_threshold=PAPER_FALLBACK)
 
 

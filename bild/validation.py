@@ -91,9 +91,7 @@ def bridges_tokenizers(cross_tokenizer: bool | None, small_tokenizer, large_toke
 
 def check_bridged(config: GenerationConfig, cfg, static_cache: bool = False, compile=False) -> None:
     """What the two-tokenizer path cannot do exactly yet, refused before any generation."""
-    if cfg.fallback_threshold == "auto":  # bild.plan.across_tokenizers resolves it first
-        raise ValueError("fallback_threshold=\"auto\" is not supported with two different tokenizers yet: pass a "
-                         "number as fallback_threshold (e.g. 0.6).")
+    # fallback_threshold="auto" is resolved by bild.plan: the large model alone, or across_tokenizers' paper rule.
     if cfg.drafting_guard:
         raise ValueError("drafting_guard is not supported with two different tokenizers yet: leave drafting_guard=False.")
     if static_cache or compile:

@@ -167,3 +167,19 @@ def test_measured_once_per_process_and_shown_as_generator_costs():
     gen = BiLDGenerator(small, large, AUTO, 0.0, 4)
     assert gen.costs is gen.costs is measure_pair_costs(small, large, max_width=5)
     assert measure_model(large, (1, 2), context=8, repeats=1).dtype == "float32"
+
+
+def test_the_kept_cost_model_goes_with_its_models():
+    """Kept per pair and dtype, held weakly: other dtypes are measured anew, and the models are not kept alive."""
+    import gc
+    import weakref
+
+    small, large = tiny_pair("llama", "agree")
+    first = measure_pair_costs(small, large, max_width=3, context=8, repeats=1)
+    assert measure_pair_costs(small, large, max_width=3, context=8, repeats=1) is first
+    large.to(torch.bfloat16)
+    assert measure_pair_costs(small, large, max_width=3, context=8, repeats=1).large.dtype == "bfloat16"
+    gone = weakref.ref(small)
+    del small, large
+    gc.collect()
+    assert gone() is None

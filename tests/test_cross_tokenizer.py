@@ -19,6 +19,7 @@ from transformers import PreTrainedTokenizerFast, TextIteratorStreamer
 from _example_fixtures import sample_texts, tiny_tokenizer
 from bild import BiLDGenerator, bild_generate
 from bild.bridge import TokenBridge
+from bild.costs import ModelCosts, PairCosts
 from reference import reference_bridged
 from tiny_models import tiny_model
 
@@ -276,16 +277,38 @@ def test_what_the_bridge_cannot_do_is_refused_before_generation(toks):
         BiLDGenerator(small, large)  # two vocabulary sizes and no tokenizers: nothing to bridge with
 
 
-def test_auto_across_tokenizers_is_the_papers_rule_with_a_warning(toks):
+#: Injected cost models: drafting pays (a wide pass costs a step), and cannot (a pass over k tokens costs k steps).
+PAYS = PairCosts(ModelCosts({1: 0.1}, 0.0), ModelCosts({1: 1.0, 2: 1.0, 11: 1.0}, 0.0))
+CANNOT_PAY = PairCosts(ModelCosts({1: 0.5}, 0.0), ModelCosts({1: 1.0, 2: 2.0, 11: 11.0}, 0.0))
+
+
+def test_auto_across_tokenizers_drafts_by_the_papers_rule_where_drafting_pays(toks):
     small, large, st, lt = pair("llama", toks, "unigram", "bpe")
     inputs = lt(PROMPTS[:1], return_tensors="pt")
     paper = BiLDGenerator(small, large, 0.6, 2.0, small_tokenizer=st, large_tokenizer=lt).generate(
         **inputs, max_new_tokens=8, return_dict_in_generate=True)
-    with pytest.warns(UserWarning, match="not available with two different tokenizers yet"):
-        default = BiLDGenerator(small, large, small_tokenizer=st, large_tokenizer=lt).generate(
+    with pytest.warns(UserWarning, match="per call with two different tokenizers"):
+        default = BiLDGenerator(small, large, small_tokenizer=st, large_tokenizer=lt, cost_model=PAYS).generate(
             **inputs, max_new_tokens=8, return_dict_in_generate=True)  # fallback_threshold="auto", the default
     assert torch.equal(default.sequences, paper.sequences)
     assert default.stats.fallbacks == paper.stats.fallbacks and default.stats.tokenizers == "bridged"
+
+
+def test_auto_across_tokenizers_is_the_large_model_alone_where_drafting_cannot_pay(toks):
+    """The call-level decision holds on the bridged path too: BiLD never drafts where it cannot beat the large model."""
+    small, large, st, lt = pair("llama", toks, "unigram", "bpe")
+    inputs = lt(PROMPTS[:2], return_tensors="pt", padding=True)
+    with pytest.warns(RuntimeWarning, match="drafting cannot pay"):
+        out = BiLDGenerator(small, large, small_tokenizer=st, large_tokenizer=lt, cost_model=CANNOT_PAY).generate(
+            **inputs, max_new_tokens=8, return_dict_in_generate=True)
+    assert torch.equal(out.sequences, large.generate(**inputs, do_sample=False, max_new_tokens=8))
+    assert out.stats.drafting.startswith("off") and sum(out.stats.drafted_tokens) == 0
+    # A number keeps drafting whatever the costs (the paper's rule), and still refuses what the path cannot do.
+    fixed = BiLDGenerator(small, large, 0.6, 2.0, small_tokenizer=st, large_tokenizer=lt, cost_model=CANNOT_PAY)
+    assert fixed.generate(**inputs, max_new_tokens=8, return_dict_in_generate=True).stats.tokenizers == "bridged"
+    with pytest.raises(ValueError, match="static_cache and compile are not supported"):
+        BiLDGenerator(small, large, small_tokenizer=st, large_tokenizer=lt, cost_model=CANNOT_PAY,
+                      static_cache=True).generate(**inputs, max_new_tokens=4)
 
 
 # -- sampling: drafts from the shared vocabulary ------------------------------------------------------------------

@@ -214,6 +214,8 @@ def test_measured_dtypes_are_kept_by_a_resumed_run(decoder_pair, de_en, tmp_path
     recorded = json.loads((out / "dtypes.json").read_text())
     assert recorded == first["hardware"]["dtypes"] and set(recorded) == {"small", "large"}
     assert first["hardware"]["dtype_choice"]["large"] == recorded["large"]
+    job = first["hardware"]["dtype_choice"]["job"]  # the run's own prompts and references, new tokens capped
+    assert job["prompt_tokens"] > 5 and 1 <= job["new_tokens"] <= 8
     other = {d: "bfloat16" if d == "float32" else "float32" for d in ("float32", "bfloat16")}
     flipped = {role: other[d] for role, d in recorded.items()}  # what a later measurement might find instead
     (out / "dtypes.json").write_text(json.dumps(flipped))

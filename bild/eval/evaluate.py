@@ -191,6 +191,21 @@ def run_context(task: Task, loaded: LoadedModels, data: DataSpec, prompt: Prompt
     )
 
 
+def job_shape(task: Task, spec: EvalSpec, examples: list[Example], loaded: LoadedModels, sample: int = 32) -> dict:
+    """What a measured dtype "auto" is chosen for: the median prompt length of the first `sample` examples (as the
+    run prompts them) and the median length of their references (at most --max_new_tokens), in large-model tokens."""
+    import statistics
+
+    tokenizer = loaded.reference_tokenizer()
+    prompts = prompt_builder(task, spec.prompt, spec.data.columns, tokenizer, loaded.encoder_decoder)
+    chosen = examples[:sample]
+    if not chosen:
+        return {}
+    prompt = statistics.median(prompts.batch([e.source])["input_ids"].shape[1] for e in chosen)
+    new = statistics.median(len(tokenizer(e.reference, add_special_tokens=False)["input_ids"]) + 1 for e in chosen)
+    return {"prompt_tokens": int(prompt), "new_tokens": int(min(new, spec.generation.max_new_tokens))}
+
+
 def report_reuse(run_dir: RunDir, systems: list[str], examples: list[Example]) -> None:
     """Say what an earlier run in the folder already finished, and how to recompute it."""
     reused = {s: sum(e.id in run_dir.finished(s) for e in examples) for s in systems}
@@ -239,7 +254,8 @@ def evaluate(spec: EvalSpec, argv: list[str], default_data: str | None = None) -
     if state.is_main_process:
         report_reuse(run_dir, systems, examples)
     loaded = load_models(paths, spec.models, device, max_drafts=steps,
-                         drafting="auto" if any(c.fallback_threshold == AUTO for c in thresholds.values()) else "always")
+                         drafting="auto" if any(c.fallback_threshold == AUTO for c in thresholds.values()) else "always",
+                         job=lambda loaded: job_shape(task, spec, examples, loaded))
     if loaded.dtype_choice is not None:  # measured: a resumed run keeps the dtypes it started with
         with state.main_process_first():
             pinned = run_dir.pinned_dtypes(model_dtypes(loaded.models)) if state.is_main_process else \

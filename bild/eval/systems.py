@@ -142,21 +142,23 @@ def load_model(path: str, dtype: str, device: torch.device, device_map: str | No
 
 
 def load_models(paths: dict[str, str], spec: ModelSpec, device: torch.device, max_drafts: int = 10,
-                drafting: str = "auto") -> LoadedModels:
+                drafting: str = "auto", job=None) -> LoadedModels:
     """Every model of `paths` (role -> path) and its tokenizer. With dtype "auto" and no rule for the device, a small
     and a large model are measured together and given the dtypes that make BiLD's job shortest
     (`bild.hardware.pair_dtypes`; `drafting`: "auto" where the large model may decode alone, "always" for a numeric
-    fallback threshold); `loaded.dtype_choice` says how."""
+    fallback threshold; `job`: a function of the loaded models and tokenizers giving the job's shape,
+    {"prompt_tokens": ..., "new_tokens": ...}, else `bild.hardware.DEFAULT_JOB`'s); `loaded.dtype_choice` says how."""
     encoder_decoder = is_encoder_decoder(next(iter(paths.values())))
     pair = {"small", "large"} <= set(paths)
     models = {role: load_model(path, spec.dtype, device, spec.device_map,
                                None if pair and role in ("small", "large") else 1)
               for role, path in paths.items()}
     tokenizers = {role: maybe_tokenizer(path, encoder_decoder) for role, path in paths.items()}
-    choice = None
+    loaded = LoadedModels(models, tokenizers, encoder_decoder)
     if pair and spec.dtype == "auto" and rule_dtype(device) is None:
-        choice = pair_dtypes(models["small"], models["large"], max_drafts, drafting)
-    return LoadedModels(models, tokenizers, encoder_decoder, choice)
+        loaded.dtype_choice = pair_dtypes(models["small"], models["large"], max_drafts, drafting,
+                                          **(job(loaded) if job is not None else {}))
+    return loaded
 
 
 def model_dtypes(models: dict) -> dict[str, str]:
