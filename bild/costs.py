@@ -136,7 +136,7 @@ def measure_model(model: PreTrainedModel, widths: tuple[int, ...], context: int 
     widths rotated each repeat), on random tokens. A few forwards; the model is left as it was."""
     device = model.device
     g = torch.Generator().manual_seed(seed)
-    vocab = model.get_output_embeddings().weight.shape[0]
+    vocab = model.get_input_embeddings().weight.shape[0]  # valid input ids (a draft vocabulary's head has no .weight)
     ids = torch.randint(4, vocab, (1, context + max(widths)), generator=g).to(device)
     encdec = model.config.is_encoder_decoder
     kwargs = {}

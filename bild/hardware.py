@@ -97,11 +97,7 @@ def fastest_dtype(model, width: int = 1, candidates=(torch.float32, torch.bfloat
                   new_tokens: int = 50) -> tuple[torch.dtype, dict[str, ModelCosts]]:
     """Measure `model` in each candidate dtype (converting it in place) and leave it in the fastest for the job;
     returns that dtype and the measurements."""
-    by_dtype: dict[str, ModelCosts] = {}
-    for dtype in candidates:
-        model.to(dtype)
-        by_dtype[str(dtype).replace("torch.", "")] = measure_model(model, tuple(sorted({1, width})), context=32,
-                                                                    repeats=2)
+    by_dtype = measure_by_dtype(model, tuple(sorted({1, width})), candidates, context=32)
     best = getattr(torch, choose_dtype(by_dtype, prompt_tokens, new_tokens, width))
     model.to(best)
     return best, by_dtype
@@ -124,14 +120,11 @@ class PairChoice:
     job: dict = field(default_factory=dict)
 
     def summary(self) -> str:
-        best = min(v for k, v in self.seconds.items() if k.startswith("large alone")) if any(
-            k.startswith("large alone") for k in self.seconds) else None
         options = ", ".join(f"{k} {v:.2f}s" for k, v in sorted(self.seconds.items(), key=lambda kv: kv[1]))
         plan = "drafting" if self.drafts else "the large model alone"
         shape = (f" of {self.job['prompt_tokens']} prompt and {self.job['new_tokens']} new tokens at acceptance "
                  f"{self.job['acceptance']}" if self.job else "")
-        return (f"small {self.small}, large {self.large} ({plan}; estimated job{shape}: {options}"
-                + ("" if best is None else f"; large alone in its best dtype {best:.2f}s") + ")")
+        return f"small {self.small}, large {self.large} ({plan}; estimated job{shape}, fastest first: {options})"
 
 
 def bild_job_seconds(small: ModelCosts, large: ModelCosts, max_drafts: int, prompt_tokens: int, new_tokens: int,

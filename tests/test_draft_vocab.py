@@ -130,3 +130,13 @@ def test_frequent_tokens_counts_breaks_ties_by_id_and_adds_special_tokens():
     assert frequent_tokens(_Tok(), texts, size=2, always=[0]).tolist() == [0, 2, 4, 5]
     with pytest.raises(ValueError, match="size"):
         frequent_tokens(_Tok(), texts, size=0)
+
+
+def test_the_cost_model_measures_a_restricted_drafter():
+    """The cost measurement takes a drafter whose output layer is a SubsetHead (it has no .weight)."""
+    from bild.costs import measure_pair_costs
+
+    small, large = tiny_pair("llama")
+    costs = measure_pair_costs(restrict_draft_vocab(small, SUBSET), large, max_width=3, context=8, repeats=1,
+                               cached=False)
+    assert costs.small.step > 0 and sorted(costs.large.passes) == [1, 2, 3]
