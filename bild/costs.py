@@ -210,3 +210,10 @@ def measure_pair_costs(small: PreTrainedModel, large: PreTrainedModel, max_width
     if cached:
         known[key] = costs
     return costs
+
+
+def remember_pair_costs(small: PreTrainedModel, large: PreTrainedModel, max_width: int, costs: PairCosts) -> None:
+    """Keep `costs` as the pair's cost model for the models as they are now (device, dtype, attention), so that
+    `measure_pair_costs` returns it instead of measuring again: `bild.hardware.pair_dtypes` hands over what it measured
+    in the dtypes it chose, so the dtype choice and "auto"'s decision rest on one measurement."""
+    _MEASURED.setdefault(small, weakref.WeakKeyDictionary()).setdefault(large, {})[_key(small, large, max_width)] = costs

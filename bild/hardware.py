@@ -21,7 +21,7 @@ import torch
 
 from dataclasses import dataclass, field
 
-from .costs import PAYS_MARGIN, ModelCosts, PairCosts, default_widths, measure_model
+from .costs import PAYS_MARGIN, ModelCosts, PairCosts, default_widths, measure_model, remember_pair_costs
 
 #: The CPU flags that decide matrix-unit speed for these dtypes (recorded with every run).
 MATTERING_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16")
@@ -178,14 +178,20 @@ def pair_dtypes(small, large, max_drafts: int = 10, drafting: str = "auto",
                 candidates=(torch.float32, torch.bfloat16), **job) -> PairChoice:
     """Measure both models in each candidate dtype (a few forwards each: the small model's step, the large model's
     passes over 1 .. max_drafts + 1 tokens, both prefills), choose with `choose_pair_dtypes`, and leave each model
-    in its chosen dtype. What `dtype="auto"` does for a pair on a device without native bfloat16."""
+    in its chosen dtype. What `dtype="auto"` does for a pair on a device without native bfloat16. The measurement in
+    the chosen dtypes is kept as the pair's cost model (`bild.costs.remember_pair_costs`), so "auto" decides whether
+    to draft from the same numbers the choice was made from."""
     from .validation import max_positions
 
     widths = default_widths(max_drafts + 1)
     limits = [n for n in (max_positions(small), max_positions(large)) if n is not None]
     context = max(1, min([64] + [n - max(widths) - 1 for n in limits]))
-    choice = choose_pair_dtypes(measure_by_dtype(small, (1,), candidates, context),
-                                measure_by_dtype(large, widths, candidates, context), max_drafts, drafting, **job)
+    small_by, large_by = measure_by_dtype(small, (1,), candidates, context), measure_by_dtype(large, widths, candidates,
+                                                                                           context)
+    choice = choose_pair_dtypes(small_by, large_by, max_drafts, drafting, **job)
     small.to(getattr(torch, choice.small))
     large.to(getattr(torch, choice.large))
+    # One measurement for both decisions: "auto" decides whether to draft from the costs the choice was made from.
+    remember_pair_costs(small, large, max_drafts + 1, PairCosts(small_by[choice.small], large_by[choice.large],
+                                                               device=str(large.device)))
     return choice

@@ -122,9 +122,16 @@ def test_pair_choice_margin_and_the_job():
     assert choose_pair_dtypes(small, both, 10, prompt_tokens=2000, new_tokens=10).large == "float32"
 
 
-def test_pair_dtypes_measures_both_and_leaves_each_in_its_choice():
+def test_pair_dtypes_measures_both_and_leaves_each_in_its_choice(monkeypatch):
     small, large = tiny_model("llama", seed=0), tiny_model("llama", seed=1)
     choice = pair_dtypes(small, large, max_drafts=4)
+    # "auto" decides from the same measurement: the pair's cost model is the one taken in the chosen dtypes.
+    import bild.costs
+
+    monkeypatch.setattr(bild.costs, "measure_model", lambda *a, **k: pytest.fail("measured again"))
+    kept = bild.costs.measure_pair_costs(small, large, max_width=5)
+    assert kept.large.dtype == choice.large and kept.small.dtype == choice.small
+    assert sorted(kept.large.passes) == [1, 2, 3, 5]
     assert {"large alone float32", "large alone bfloat16", "bild bfloat16/float32"} <= set(choice.seconds)
     assert next(small.parameters()).dtype == getattr(torch, choice.small)
     assert next(large.parameters()).dtype == getattr(torch, choice.large)
