@@ -186,6 +186,17 @@ def measure_model(model: PreTrainedModel, widths: tuple[int, ...], context: int 
 _MEASURED: "weakref.WeakKeyDictionary[PreTrainedModel, weakref.WeakKeyDictionary]" = weakref.WeakKeyDictionary()
 
 
+def _known(small: PreTrainedModel, large: PreTrainedModel) -> dict:
+    return _MEASURED.setdefault(small, weakref.WeakKeyDictionary()).setdefault(large, {})
+
+
+def pair_context(small: PreTrainedModel, large: PreTrainedModel, widest: int, context: int = 64) -> int:
+    """The context a pair is measured after: `context`, shorter for a model with few positions (what it can generate
+    after a prompt, leaving room for the widest pass)."""
+    limits = [n for n in (max_positions(small), max_positions(large)) if n is not None]
+    return max(1, min([context] + [n - widest - 1 for n in limits]))
+
+
 def _key(small: PreTrainedModel, large: PreTrainedModel, max_width: int) -> tuple:
     def one(m):
         p = next(m.parameters())
@@ -198,13 +209,11 @@ def measure_pair_costs(small: PreTrainedModel, large: PreTrainedModel, max_width
     """The pair's cost model on the models' devices and dtypes. With `cached` it is measured once per process for
     each pair, device, dtype and attention implementation (about 3 x 5 forwards of each model)."""
     key = _key(small, large, max_width)
-    known = _MEASURED.setdefault(small, weakref.WeakKeyDictionary()).setdefault(large, {})
+    known = _known(small, large)
     if cached and key in known:
         return known[key]
     widths = default_widths(max_width)
-    limits = [n for n in (max_positions(small), max_positions(large)) if n is not None]
-    if limits:  # a model with few positions is measured on a shorter context (what it can generate after)
-        context = max(1, min(context, min(limits) - max(widths) - 1))
+    context = pair_context(small, large, max(widths), context)
     costs = PairCosts(measure_model(small, (1,), context, repeats), measure_model(large, widths, context, repeats),
                       device=str(large.device))
     if cached:
@@ -216,4 +225,4 @@ def remember_pair_costs(small: PreTrainedModel, large: PreTrainedModel, max_widt
     """Keep `costs` as the pair's cost model for the models as they are now (device, dtype, attention), so that
     `measure_pair_costs` returns it instead of measuring again: `bild.hardware.pair_dtypes` hands over what it measured
     in the dtypes it chose, so the dtype choice and "auto"'s decision rest on one measurement."""
-    _MEASURED.setdefault(small, weakref.WeakKeyDictionary()).setdefault(large, {})[_key(small, large, max_width)] = costs
+    _known(small, large)[_key(small, large, max_width)] = costs

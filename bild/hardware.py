@@ -21,7 +21,8 @@ import torch
 
 from dataclasses import dataclass, field
 
-from .costs import PAYS_MARGIN, ModelCosts, PairCosts, default_widths, measure_model, remember_pair_costs
+from .costs import (PAYS_MARGIN, ModelCosts, PairCosts, default_widths, measure_model, pair_context,
+                    remember_pair_costs)
 
 #: The CPU flags that decide matrix-unit speed for these dtypes (recorded with every run).
 MATTERING_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16")
@@ -131,8 +132,7 @@ def bild_job_seconds(small: ModelCosts, large: ModelCosts, max_drafts: int, prom
                      acceptance: float) -> float:
     """Pure: both prefills, then drafting rounds of the length fastest at `acceptance` (at least one draft)."""
     pair = PairCosts(small, large)
-    per_token = min(pair.round_seconds(n) / sum(acceptance ** k for k in range(n + 1))
-                    for n in range(1, max_drafts + 1))
+    per_token = large.step / max(pair.speedup(n, acceptance) for n in range(1, max_drafts + 1))
     return (small.prefill_per_token + large.prefill_per_token) * prompt_tokens + new_tokens * per_token
 
 
@@ -181,11 +181,8 @@ def pair_dtypes(small, large, max_drafts: int = 10, drafting: str = "auto",
     in its chosen dtype. What `dtype="auto"` does for a pair on a device without native bfloat16. The measurement in
     the chosen dtypes is kept as the pair's cost model (`bild.costs.remember_pair_costs`), so "auto" decides whether
     to draft from the same numbers the choice was made from."""
-    from .validation import max_positions
-
     widths = default_widths(max_drafts + 1)
-    limits = [n for n in (max_positions(small), max_positions(large)) if n is not None]
-    context = max(1, min([64] + [n - max(widths) - 1 for n in limits]))
+    context = pair_context(small, large, max(widths))
     small_by, large_by = measure_by_dtype(small, (1,), candidates, context), measure_by_dtype(large, widths, candidates,
                                                                                            context)
     choice = choose_pair_dtypes(small_by, large_by, max_drafts, drafting, **job)
