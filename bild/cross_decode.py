@@ -8,7 +8,14 @@ One round, for every unfinished row at once:
     -> the small side re-synced to the committed text (re-encoded whole; its cache kept up to the first token
     that changed).
 The large side is exactly the shared-vocabulary loop's (the same buffer, verify, rollback rule, stopping and
-commit), so rollback 0 returns the large model's greedy output whatever the small model drafted. Drafts are
+commit), so rollback 0 returns the large model's greedy output whatever the small model drafted.
+
+fallback_threshold="auto" decides each round as on the shared path (`bild.acceptance`): a draft step goes on while
+the estimated chance that the round's drafts so far are all accepted stays above the row's bar, and a row whose
+drafts stop paying takes plain large-model steps. Its estimates are kept per small draft: a round's small drafts
+count as accepted in the share of their large proposals the large model accepted (all of them where every
+proposal was; the exact count needs each proposal's source draft, which re-encoded text does not give), and a draft
+is priced as a small step plus what a proposal adds to the large pass. Drafts are
 counted in large tokens (`drafted_tokens`); `BiLDStats.small_drafted_tokens` says how many small tokens (kept
 draft steps) produced them. A kept fallback draft makes the proposals that need its text exact-checked, as on
 the shared path, and so is a last proposal that more text could still change.
@@ -21,11 +28,12 @@ import time
 import numpy as np
 import torch
 
+from .acceptance import AcceptanceTracker, AutoRound, CostClock
 from .adapters import ModelAdapter, to_device
 from .bridge import SharedVocabulary, TokenBridge
-from .config import ALWAYS_FALLBACK, BiLDConfig
+from .config import ALWAYS_FALLBACK, AUTO, BiLDConfig
 from .decode import Rows, Stopping, commit, process, verify
-from .policy import fallback_mask, max_prob_and_argmax
+from .policy import confidence_bins, fallback_mask, max_prob_and_argmax
 from .scores import ScoreRecorder, StepOutputs
 from .stats import BiLDStats, RowCounters
 
@@ -82,11 +90,14 @@ class SmallSide:
 def decode_across(small: ModelAdapter, large: ModelAdapter, bridge: TokenBridge, prompt, prompt_valid,
                   small_prompts: list[list[int]], small_pad: int, processors, criteria, choose, cfg: BiLDConfig,
                   max_length: int, pad_token_id: int, streamer=None, record: tuple[str, ...] = (),
-                  small_limit: int | None = None, shared: SharedVocabulary | None = None):
+                  small_limit: int | None = None, shared: SharedVocabulary | None = None,
+                  cost_ratio: float | None = None):
     """Generate for left-padded prompts (B, P) in large tokens while the small model reads `small_prompts`; returns
     (sequences, stats, per-token values) as `bild.decode.decode` does. small_limit: the small model's positions
     (a row stops drafting before its small tokens reach it). shared (sampling): the two vocabularies' common
-    tokens; the small model then drafts only those, and its drafts are the proposals (see `SharedVocabulary`)."""
+    tokens; the small model then drafts only those, and its drafts are the proposals (see `SharedVocabulary`).
+    cost_ratio: a small step in large steps, "auto"'s estimate until the call has measured its own (as in
+    `bild.decode.decode`)."""
     B, P = prompt.shape
     device = prompt.device
     cap = PROPOSALS_PER_DRAFT_STEP * cfg.max_small_steps
@@ -105,21 +116,32 @@ def decode_across(small: ModelAdapter, large: ModelAdapter, bridge: TokenBridge,
     n_generated = np.zeros(B, dtype=np.int64)
     small_drafted = np.zeros(B, dtype=np.int64)
     recorder = ScoreRecorder(record, P) if record else None
+    rounds, small_steps = np.zeros(B, dtype=np.int64), np.zeros(B, dtype=np.int64)  # host, per row
+    tracker = None
+    if cfg.fallback_threshold == AUTO:
+        clock = CostClock(cfg.cost_ratio or cost_ratio or 1.0, measure=cfg.cost_ratio is None)
+        tracker = AcceptanceTracker(B, cfg.max_small_steps, clock)
     if streamer is not None:
         streamer.put(prompt.cpu())
     start = time.perf_counter()
     while not state.done.all():
         before = state.length.copy()
         live = np.flatnonzero(~state.done)
+        auto = tracker.round(rounds, small_steps, n_generated, device) if tracker is not None else None
+        rounds += ~state.done
+        t0, steps0 = time.perf_counter(), counts.batch_small_calls
+        used = np.zeros(B, dtype=np.int64)  # small drafts behind each row's proposals
         if shared is not None:
-            k = _draft_shared(side, state, shared, choose, processors, stopping, cfg, counts)
+            k = _draft_shared(side, state, shared, choose, processors, stopping, cfg, counts, auto, small_steps)
             small_drafted += k
+            used[:] = k
             drafts = []
         else:
-            drafts, fell, ended = _draft(side, ~state.done, cfg, counts)
+            drafts, fell, ended = _draft(side, ~state.done, cfg, counts, auto, small_steps)
             k = np.zeros(B, dtype=np.int64)
+        t1 = time.perf_counter()  # the round's own cost from here on: proposals, verify, commit, re-sync
         for r in live.tolist() if shared is None else ():
-            ids, exact, used = bridge.round_proposals(side.prompts[r] + side.generated[r], context[r], drafts[r], fell[r],
+            ids, exact, n_used = bridge.round_proposals(side.prompts[r] + side.generated[r], context[r], drafts[r], fell[r],
                                                       ended[r], cfg.keeps_fallback_draft)
             ids = ids[: min(cap, max_length - int(state.length[r]))]
             if ids:
@@ -127,11 +149,15 @@ def decode_across(small: ModelAdapter, large: ModelAdapter, bridge: TokenBridge,
                 state.seq[r, at: at + len(ids)] = torch.tensor(ids, dtype=torch.long)
                 state.unsure[r, at: at + len(ids)] = torch.tensor(exact[: len(ids)], dtype=torch.bool)
             k[r] = len(ids)
-            small_drafted[r] += used
+            used[r] = n_used
+            small_drafted[r] += n_used
         live_d = to_device(live, device)
         counts.add("drafted_tokens", live_d, to_device(k[live], device))
         accepted, new_token, scores, logits = verify(large, state, k, choose, processors, counts)
         accepted = commit(state, k, accepted, new_token, stopping, max_length, counts)
+        if tracker is not None:
+            judged = np.where(k > 0, used, 0)  # drafts whose text made no proposal were never judged
+            tracker.learn(auto, judged, accepted_drafts(judged, k, accepted))
         if recorder is not None:
             recorder.commit(before, state.length - before, scores, logits)
         lo, hi = int(before[live].min()), int(state.length[live].max())
@@ -144,6 +170,8 @@ def decode_across(small: ModelAdapter, large: ModelAdapter, bridge: TokenBridge,
         large.rollback_to(before + accepted)
         resync = [r for r in np.flatnonzero(~state.done & side.fits()).tolist()]
         side.resync(resync, [bridge.small_tokens(context[r], int(n_generated[r])) for r in resync])
+        if tracker is not None:
+            tracker.cost.add_round(t1 - t0, counts.batch_small_calls - steps0, time.perf_counter() - t1, int(k.max()))
     loop_seconds = time.perf_counter() - start
     stats = counts.stats()
     stats.loop_seconds = loop_seconds
@@ -160,19 +188,29 @@ def decode_across(small: ModelAdapter, large: ModelAdapter, bridge: TokenBridge,
     return out, stats, steps
 
 
-def _draft(side: SmallSide, active: np.ndarray, cfg: BiLDConfig, counts: RowCounters):
+def accepted_drafts(used: np.ndarray, proposals: np.ndarray, accepted: np.ndarray) -> np.ndarray:
+    """Pure, (B,) host: how many of a round's `used` small drafts count as accepted when the large model accepted
+    `accepted` of the `proposals` large tokens made from them: all where every proposal was, else the same share
+    (rounded down, so a rejected proposal always counts against a draft)."""
+    share = np.where(proposals > 0, np.minimum(accepted, proposals) / np.maximum(proposals, 1), 0.0)
+    return np.where(accepted >= proposals, used, np.minimum(np.floor(share * used), np.maximum(used - 1, 0))).astype(np.int64)
+
+
+def _draft(side: SmallSide, active: np.ndarray, cfg: BiLDConfig, counts: RowCounters, auto: AutoRound | None = None,
+           small_steps: np.ndarray | None = None):
     """The small model's draft steps for the active rows, in its own tokens; returns per row (host) the drafted
     tokens, whether the last one fell back, and whether it is one of the small model's end-of-sequence tokens.
-    One host read per step."""
+    auto ("auto"): the round's acceptance table and bar (rows it does not allow take a plain large step); the steps
+    write each draft's confidence bin into auto.bins and count themselves in small_steps. One host read per step."""
     B = len(active)
     drafts: list[list[int]] = [[] for _ in range(B)]
     fell, ended = np.zeros(B, dtype=bool), np.zeros(B, dtype=bool)
     device = side.device
-    drafting = active & side.fits()
+    drafting = active & side.fits() & (auto.allowed if auto is not None else True)
     if cfg.fallback_threshold == ALWAYS_FALLBACK or not drafting.any():
         counts.add("fallbacks", to_device(np.flatnonzero(active), device), 1)
         return drafts, fell, ended
-    chain = torch.ones(B, device=device) if cfg.fallback_rule == "round" else None
+    chain = torch.ones(B, device=device) if cfg.fallback_rule == "round" or auto is not None else None
     one = np.ones(B, dtype=np.int64)
     k = np.zeros(B, dtype=np.int64)
     for step in range(cfg.max_small_steps):
@@ -182,9 +220,13 @@ def _draft(side: SmallSide, active: np.ndarray, cfg: BiLDConfig, counts: RowCoun
         rows = np.flatnonzero(drafting)
         rows_d = to_device(rows, device)
         max_p, token = max_prob_and_argmax(logits[rows_d])
-        fell_back = _falls_back(max_p, chain, rows_d, cfg, counts)
+        fell_back, bins = _falls_back(max_p, chain, rows_d, cfg, counts, auto)
         side.seq[rows_d, to_device(upto[rows], device)] = token
-        token_h, fell_h = torch.stack([token, fell_back.long()]).tolist()  # the step's host read
+        if auto is None:
+            token_h, fell_h = torch.stack([token, fell_back.long()]).tolist()  # the step's host read
+        else:
+            token_h, fell_h, auto.bins[rows, step] = torch.stack([token, fell_back.long(), bins]).tolist()
+            small_steps[rows] += 1
         k[rows] += 1
         drafting[:] = False
         for r, t, f in zip(rows.tolist(), token_h, fell_h):
@@ -199,19 +241,20 @@ def _draft(side: SmallSide, active: np.ndarray, cfg: BiLDConfig, counts: RowCoun
 
 
 def _draft_shared(side: SmallSide, state: Rows, shared: SharedVocabulary, choose, processors, stopping: Stopping,
-                  cfg: BiLDConfig, counts: RowCounters) -> np.ndarray:
+                  cfg: BiLDConfig, counts: RowCounters, auto: AutoRound | None = None,
+                  small_steps: np.ndarray | None = None) -> np.ndarray:
     """Sampling: the small model drafts shared tokens (drawn from q by `choose`, the Sampler) into both buffers, as
     `bild.decode.draft` does with one vocabulary (large processors on the large prefix, the same fallback rules,
-    the same stopping); returns the drafts per row (B,), host. One host read per step."""
+    "auto" included, the same stopping); returns the drafts per row (B,), host. One host read per step."""
     active = ~state.done
     B = len(active)
     k = np.zeros(B, dtype=np.int64)
     device = side.device
-    drafting = active & side.fits()
+    drafting = active & side.fits() & (auto.allowed if auto is not None else True)
     if cfg.fallback_threshold == ALWAYS_FALLBACK or not drafting.any():
         counts.add("fallbacks", to_device(np.flatnonzero(active), device), 1)
         return k
-    chain = torch.ones(B, device=device) if cfg.fallback_rule == "round" else None
+    chain = torch.ones(B, device=device) if cfg.fallback_rule == "round" or auto is not None else None
     one = np.ones(B, dtype=np.int64)
     steps = np.zeros(B, dtype=np.int64)  # small steps this round (a dropped fallback draft is one, not a draft)
     for step in range(cfg.max_small_steps):
@@ -224,13 +267,18 @@ def _draft_shared(side: SmallSide, state: Rows, shared: SharedVocabulary, choose
         at_d = to_device(at, device)
         scores = process(processors, state.seq, rows, at, shared.scores(logits[rows_d]))
         max_p, token = choose.propose(scores, rows_d, step)
-        fell_back = _falls_back(max_p, chain, rows_d, cfg, counts)
+        fell_back, bins = _falls_back(max_p, chain, rows_d, cfg, counts, auto)
         state.seq[rows_d, at_d] = token
         side.seq[rows_d, to_device(upto_small[rows], device)] = shared.to_small[token]
         if cfg.keeps_fallback_draft:
             state.unsure[rows_d, at_d] = fell_back
         finished = fell_back | stopping.hits(state.seq, rows, at + 1)
-        fell_h, finished_h = np.array(torch.stack([fell_back, finished]).tolist(), dtype=bool)  # the step's host read
+        if auto is None:
+            fell_h, finished_h = np.array(torch.stack([fell_back, finished]).tolist(), dtype=bool)  # the step's host read
+        else:
+            fell_h, finished_h, auto.bins[rows, step] = np.array(torch.stack([fell_back, finished, bins]).tolist())
+            fell_h, finished_h = fell_h.astype(bool), finished_h.astype(bool)
+            small_steps[rows] += 1
         steps[rows] += 1
         k[rows] += 1 if cfg.keeps_fallback_draft else ~fell_h
         drafting[:] = False
@@ -242,13 +290,20 @@ def _draft_shared(side: SmallSide, state: Rows, shared: SharedVocabulary, choose
     return k
 
 
-def _falls_back(max_p, chain, rows_d, cfg: BiLDConfig, counts: RowCounters) -> torch.Tensor:
-    """A draft step's fallback decision for rows_d (either rule: chain holds the round's product for "round"),
-    counted as `bild.decode.draft` counts it."""
-    if chain is not None:
-        chain[rows_d] *= max_p.float()
-        max_p = chain[rows_d]
-    fell_back = fallback_mask(max_p, cfg.fallback_threshold)
+def _falls_back(max_p, chain, rows_d, cfg: BiLDConfig, counts: RowCounters, auto: AutoRound | None = None):
+    """A draft step's fallback decision for rows_d, and (with auto) the drafts' confidence bins (else None), as
+    `bild.decode.draft` decides and counts them: chain holds the round's product, of max probabilities for "round",
+    of estimated acceptances for "auto"."""
+    bins = None
+    if auto is not None:
+        bins = confidence_bins(max_p, auto.edges)
+        chain[rows_d] *= auto.table[rows_d, bins]
+        fell_back = chain[rows_d] < auto.level[rows_d]
+    else:
+        if chain is not None:
+            chain[rows_d] *= max_p.float()
+            max_p = chain[rows_d]
+        fell_back = fallback_mask(max_p, cfg.fallback_threshold)
     counts.add("small_forward_calls", rows_d, 1)
     counts.add("fallbacks", rows_d, fell_back)
-    return fell_back
+    return fell_back, bins

@@ -190,5 +190,5 @@ def pair_dtypes(small, large, max_drafts: int = 10, drafting: str = "auto",
     large.to(getattr(torch, choice.large))
     # One measurement for both decisions: "auto" decides whether to draft from the costs the choice was made from.
     remember_pair_costs(small, large, max_drafts + 1, PairCosts(small_by[choice.small], large_by[choice.large],
-                                                               device=str(large.device)))
+                                                               device=str(large.device), note={"dtypes": "measured"}))
     return choice

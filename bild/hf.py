@@ -23,7 +23,7 @@ from .config import AUTO, BiLDConfig
 from .costs import PairCosts
 from .cross_decode import decode_across
 from .decode import BiLDOutput, decode
-from .plan import across_tokenizers, costs_for, drafts_at_all, large_alone, warn_large_alone
+from .plan import costs_for, drafts_at_all, large_alone, warn_large_alone
 from .row_processors import for_rows
 from .scores import StepOutputs
 from .stats import BiLDStats
@@ -89,7 +89,7 @@ def bild_generate(
         through `torch.compile` ("reduce-overhead", i.e. CUDA graphs, on a GPU). Drafts shorter
         than the window are padded to max_small_steps + 1 so shapes never change. True compiles
         both models; "small" or "large" only that one (the other runs eagerly on its static cache).
-    fallback_threshold, fallback_rule, drafting_guard, cost_ratio: see `BiLDConfig` (fallback_threshold: "auto" by default, the measured rule; a number for the paper's; with two tokenizers "auto" decodes with the large model alone where the cost model says drafting cannot pay, and is otherwise the paper's 0.6, with a warning). A draft vocabulary goes in as the small model itself:
+    fallback_threshold, fallback_rule, drafting_guard, cost_ratio: see `BiLDConfig` (fallback_threshold: "auto" by default, the measured rule; a number for the paper's; with two tokenizers too). A draft vocabulary goes in as the small model itself:
         `small_model=bild.restrict_draft_vocab(small, ids)`.
     stop_strings: end a row when its text ends with one of these, judged on verified tokens only (as
         `StopStringCriteria`), with `large_tokenizer` (or `small_tokenizer`): transformers does not hand its own
@@ -126,8 +126,6 @@ def bild_generate(
         return large_alone(model, input_ids, logits_processor if logits_processor is not None else LogitsProcessorList(),
                            stopping_criteria if stopping_criteria is not None else StoppingCriteriaList(),
                            generation_config, bild_streamer, model_kwargs, _pad_token_id(generation_config), costs, cfg)
-    if bridged:  # "auto" that drafts is the paper's rule across tokenizers (per-round auto is not available there)
-        cfg = across_tokenizers(cfg)
     fast = FastPath.build(static_cache, compile_roles(compile), cfg, generation_config.max_length, input_ids, model)
     run = Run(
         processors=logits_processor if logits_processor is not None else LogitsProcessorList(),
@@ -316,7 +314,8 @@ def _bridged(model, small_model, bridge: TokenBridge, input_ids, inputs_tensor, 
         choose = Sampler(run.cfg.rollback_threshold, prompt.shape[0], run.cfg.max_small_steps, run.generator) \
             if run.sampling else Greedy(run.cfg.rollback_threshold)
         return decode_across(small, large, bridge, prompt, valid, small_prompts, small_pad, for_rows(run.processors, rows),
-                             run.criteria, choose, run.cfg, run.max_length, run.pad, run.streamer, record, limit, shared)
+                             run.criteria, choose, run.cfg, run.max_length, run.pad, run.streamer, record, limit, shared,
+                             run.cost_ratio)
 
     B = input_ids.shape[0]
     results = []

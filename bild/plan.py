@@ -9,9 +9,7 @@ import warnings
 
 import torch
 
-from dataclasses import replace
-
-from .config import AUTO, PAPER_FALLBACK, BiLDConfig
+from .config import AUTO, BiLDConfig
 from .costs import PAYS_MARGIN, PairCosts, measure_pair_costs
 from .stats import BiLDStats
 
@@ -50,19 +48,6 @@ def warn_large_alone(costs: PairCosts, cfg: BiLDConfig, small, large) -> None:
         "fallback_threshold to draft anyway.", RuntimeWarning, stacklevel=3)
 
 
-def across_tokenizers(cfg: BiLDConfig) -> BiLDConfig:
-    """The settings a two-tokenizer call (`bild.cross_decode`) drafts with: "auto"'s per-round rule is not available
-    there yet, so where the call-level decision (`drafts_at_all`, from the cost model) lets it draft, it is the
-    paper's rule (fallback_threshold=PAPER_FALLBACK, the rest as given), with a warning that says so."""
-    if cfg.fallback_threshold != AUTO:
-        return cfg
-    warnings.warn(
-        f'BiLD: fallback_threshold="auto" (the default) decides per call with two different tokenizers, not per round '
-        f"yet: drafting can pay here, so this call uses the paper's rule, fallback_threshold={PAPER_FALLBACK}. Pass a "
-        "number as fallback_threshold to choose it (and silence this warning).", UserWarning, stacklevel=3)
-    return replace(cfg, fallback_threshold=PAPER_FALLBACK)
-
-
 def why_not(costs: PairCosts) -> str:
     """Pure: the one-sentence reason a cost model's ceiling is low."""
     small = costs.small.step / costs.large.step
@@ -70,8 +55,10 @@ def why_not(costs: PairCosts) -> str:
     if small >= 0.5:
         return f"The small model's step costs {small:.2f} of the large model's."
     if two >= 1.5:
+        hint = ("the dtypes were measured for this job (bild.hardware.pair_dtypes): drafting was slower in every one"
+                if costs.note.get("dtypes") == "measured" else "try another dtype, or dtype=\"auto\" to measure them")
         return (f"A large pass over 2 tokens costs {two:.2f}x a one-token step (on a CPU, usually a dtype it has no "
-                "native matrix units for: try another dtype).")
+                f"native matrix units for: {hint}).")
     return f"A small step costs {small:.2f} of a large one and a pass over 2 tokens {two:.2f}x a step."
 
 

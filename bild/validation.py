@@ -91,7 +91,6 @@ def bridges_tokenizers(cross_tokenizer: bool | None, small_tokenizer, large_toke
 
 def check_bridged(config: GenerationConfig, cfg, static_cache: bool = False, compile=False) -> None:
     """What the two-tokenizer path cannot do exactly yet, refused before any generation."""
-    # fallback_threshold="auto" is resolved by bild.plan: the large model alone, or across_tokenizers' paper rule.
     if cfg.drafting_guard:
         raise ValueError("drafting_guard is not supported with two different tokenizers yet: leave drafting_guard=False.")
     if static_cache or compile:

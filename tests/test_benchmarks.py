@@ -215,3 +215,31 @@ def test_encdec_batch_outputs_equal_the_rows_one_by_one(tmp_path):
     report = _load("encdec_batch").main(["--batches", "3", "--new_tokens", "4", "--repeats", "1",
                                          "--output", str(tmp_path / "e.json")])
     assert [r["identical"] for r in report["results"]] == [True, True]
+
+
+def test_join_runs_joins_parts_of_a_set_and_compares_systems_on_the_examples_they_share(tmp_path):
+    """Two runs over consecutive parts: large and bild in both, assisted only in the second; ratios are of summed
+    times over the examples each pair of systems shares."""
+    times = {"large": ([4.0, 6.0], [5.0, 5.0]), "bild": ([2.0, 3.0], [5.0, 5.0]), "assisted": (None, [10.0, 10.0])}
+    runs = []
+    for i in range(2):
+        d = tmp_path / f"part{i}"
+        d.mkdir()
+        (d / "metrics.json").write_text(json.dumps({"task": "translation"}))
+        for name, parts in times.items():
+            if parts[i] is None:
+                continue
+            lines = [json.dumps({"prediction": f"the same words {i}{j}", "reference": f"the same words {i}{j}",
+                                 "latency_s": t, "new_tokens": 10}) for j, t in enumerate(parts[i])]
+            (d / f"predictions_{name}.jsonl").write_text("\n".join(lines) + "\n")
+        runs.append(d)
+    join = _load("join_runs")
+    task, systems = join.joined(runs)
+    rows = {r["system"]: r for r in join.compare(task, systems)}
+    assert rows["bild"]["examples"] == 4 and rows["bild"]["x large"]["ratio"] == pytest.approx(20 / 15)
+    lo, hi = rows["bild"]["x large"]["ci90"]
+    assert lo <= 20 / 15 <= hi and rows["bild"]["x large"]["same_output"] == 4
+    assert rows["assisted"]["examples"] == 2 and rows["assisted"]["x large"]["ratio"] == pytest.approx(0.5)
+    assert rows["bild"]["x assisted"]["ratio"] == pytest.approx(2.0)  # the second part only
+    assert rows["large"]["quality"]["bleu"] == pytest.approx(100.0)
+    assert "| bild | 4 |" in join.table(task, list(rows.values()))

@@ -3,6 +3,7 @@ under every decision (rollback 0 is large greedy, sampling draws what large samp
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 
 import pytest
@@ -53,7 +54,9 @@ def test_the_issues_avx2_numbers():
     assert AVX2_FP32.speedup(1, 1.0) < 1
     assert not AVX2_BF16.drafting_can_pay(4) and AVX2_BF16.ceiling(4) == 1.0  # 1.0: do not draft
     assert all(AVX2_BF16.speedup(n, 1.0) < 0.9 for n in range(1, 5))
-    assert "2 tokens costs 2.01x" in why_not(AVX2_BF16)
+    assert "2 tokens costs 2.01x" in why_not(AVX2_BF16) and "try another dtype" in why_not(AVX2_BF16)
+    measured = dataclasses.replace(AVX2_BF16, note={"dtypes": "measured"})  # what bild.hardware.pair_dtypes keeps
+    assert "measured for this job" in why_not(measured) and "try another dtype" not in why_not(measured)
     assert "small model's step" in why_not(injected_costs(1.0, small_step=0.8))
 
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 import copy
 import math
 
+import numpy as np
+
 import pytest
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -277,21 +279,74 @@ def test_what_the_bridge_cannot_do_is_refused_before_generation(toks):
         BiLDGenerator(small, large)  # two vocabulary sizes and no tokenizers: nothing to bridge with
 
 
-#: Injected cost models: drafting pays (a wide pass costs a step), and cannot (a pass over k tokens costs k steps).
-PAYS = PairCosts(ModelCosts({1: 0.1}, 0.0), ModelCosts({1: 1.0, 2: 1.0, 11: 1.0}, 0.0))
+#: An injected cost model where drafting cannot pay (a pass over k tokens costs k steps).
 CANNOT_PAY = PairCosts(ModelCosts({1: 0.5}, 0.0), ModelCosts({1: 1.0, 2: 2.0, 11: 11.0}, 0.0))
 
 
-def test_auto_across_tokenizers_drafts_by_the_papers_rule_where_drafting_pays(toks):
-    small, large, st, lt = pair("llama", toks, "unigram", "bpe")
-    inputs = lt(PROMPTS[:1], return_tensors="pt")
-    paper = BiLDGenerator(small, large, 0.6, 2.0, small_tokenizer=st, large_tokenizer=lt).generate(
-        **inputs, max_new_tokens=8, return_dict_in_generate=True)
-    with pytest.warns(UserWarning, match="per call with two different tokenizers"):
-        default = BiLDGenerator(small, large, small_tokenizer=st, large_tokenizer=lt, cost_model=PAYS).generate(
-            **inputs, max_new_tokens=8, return_dict_in_generate=True)  # fallback_threshold="auto", the default
-    assert torch.equal(default.sequences, paper.sequences)
-    assert default.stats.fallbacks == paper.stats.fallbacks and default.stats.tokenizers == "bridged"
+@pytest.mark.parametrize("arch", ["llama", "t5"])
+@pytest.mark.parametrize("small_kind,large_kind", ORIENTATIONS)
+def test_auto_across_tokenizers_decides_per_round_and_rollback_zero_stays_large_greedy(toks, arch, small_kind,
+                                                                                       large_kind):
+    """"auto" (the default) drafts per round on the bridged path too: cheap drafts make long rounds, drafts that
+    cost as much as a large step make none (plain large steps), and rollback 0 is large greedy whatever it decides."""
+    small, large, st, lt = pair(arch, toks, small_kind, large_kind)
+    inputs = inputs_for(lt, arch, SOURCES if arch == "t5" else PROMPTS)
+    want = large.generate(**inputs, do_sample=False, max_new_tokens=16)
+    drafted = {}
+    for ratio in (0.01, 0.3, 0.9):
+        gen = BiLDGenerator(small, large, rollback_threshold=0.0, max_small_steps=4, small_tokenizer=st,
+                            large_tokenizer=lt, cost_ratio=ratio)
+        assert gen.config.fallback_threshold == "auto"
+        out = gen.generate(**inputs, max_new_tokens=16, return_dict_in_generate=True)
+        assert torch.equal(out.sequences, want), ratio
+        out.stats.check()
+        assert out.stats.tokenizers == "bridged"
+        drafted[ratio] = sum(out.stats.small_drafted_tokens) / sum(out.stats.large_forward_calls)
+    # A small step priced at 0.9 of a large one: no draft is worth its cost at any acceptance the priors allow.
+    assert drafted[0.9] == 0
+    assert drafted[0.01] > drafted[0.3] and drafted[0.01] > 1
+
+
+def test_auto_across_tokenizers_rows_of_a_batch_equal_the_rows_alone(toks):
+    """With the cost fixed, "auto"'s decisions are per row: at rollback 2 each row of a batch is that row alone."""
+    small, large, st, lt = pair("llama", toks, "unigram", "bpe", seed=3)
+    gen = BiLDGenerator(small, large, rollback_threshold=2.0, max_small_steps=4, small_tokenizer=st, large_tokenizer=lt,
+                        cost_ratio=0.05)
+    inputs = lt(PROMPTS, return_tensors="pt", padding=True)
+    batch = gen.generate(**inputs, max_new_tokens=14, return_dict_in_generate=True)
+    assert sum(batch.stats.accepted_drafts) > 0
+    for r, text in enumerate(PROMPTS):
+        alone = gen.generate(**lt([text], return_tensors="pt"), max_new_tokens=14)[0].tolist()
+        n_pad = int((inputs["attention_mask"][r] == 0).sum())
+        got = batch.sequences[r].tolist()[n_pad:]
+        assert got[: len(alone)] == alone and set(got[len(alone):]) <= {lt.pad_token_id}
+
+
+def test_auto_sampling_across_tokenizers_that_never_drafts_draws_what_large_sampling_draws(toks):
+    """Sampling under "auto": drafts priced at 0.9 of a large step are never worth it, and the call then draws
+    exactly what transformers' sampling draws with the same seed; cheap drafts are drafted from the shared
+    vocabulary."""
+    small, large, st, lt = pair("llama", toks, "unigram", "bpe", seed=9)
+    inputs = lt(PROMPTS, return_tensors="pt", padding=True)
+    torch.manual_seed(7)
+    want = large.generate(**inputs, do_sample=True, max_new_tokens=10, top_k=20)
+    never = BiLDGenerator(small, large, rollback_threshold=0.0, small_tokenizer=st, large_tokenizer=lt, cost_ratio=0.9)
+    torch.manual_seed(7)
+    got = never.generate(**inputs, do_sample=True, max_new_tokens=10, top_k=20, return_dict_in_generate=True)
+    assert torch.equal(got.sequences, want) and sum(got.stats.drafted_tokens) == 0
+    cheap = BiLDGenerator(small, large, rollback_threshold=0.0, small_tokenizer=st, large_tokenizer=lt, cost_ratio=0.01)
+    out = cheap.generate(**inputs, do_sample=True, max_new_tokens=10, top_k=20, return_dict_in_generate=True)
+    out.stats.check()
+    assert sum(out.stats.drafted_tokens) > 0
+
+
+def test_a_rounds_small_drafts_count_as_accepted_in_the_share_of_their_proposals():
+    from bild.cross_decode import accepted_drafts
+
+    used, proposals, accepted = np.array([3, 3, 4, 2, 1, 0]), np.array([5, 5, 4, 3, 2, 0]), np.array([5, 2, 3, 0, 1, 0])
+    # all proposals accepted: every draft; 2 of 5: 1 of 3 (rounded down); 3 of 4: 3 of 4; none: none; 1 of 2 from
+    # one draft: not that draft (a rejected proposal always counts against a draft); no drafts: none.
+    assert accepted_drafts(used, proposals, accepted).tolist() == [3, 1, 3, 0, 0, 0]
 
 
 def test_auto_across_tokenizers_is_the_large_model_alone_where_drafting_cannot_pay(toks):

@@ -131,6 +131,7 @@ def test_pair_dtypes_measures_both_and_leaves_each_in_its_choice(monkeypatch):
     monkeypatch.setattr(bild.costs, "measure_model", lambda *a, **k: pytest.fail("measured again"))
     kept = bild.costs.measure_pair_costs(small, large, max_width=5)
     assert kept.large.dtype == choice.large and kept.small.dtype == choice.small
+    assert kept.note["dtypes"] == "measured"  # the large-alone warning then does not suggest another dtype
     assert sorted(kept.large.passes) == [1, 2, 3, 5]
     assert {"large alone float32", "large alone bfloat16", "bild bfloat16/float32"} <= set(choice.seconds)
     assert next(small.parameters()).dtype == getattr(torch, choice.small)
