@@ -99,8 +99,9 @@ def bild_generate(
         scores as `small_scores` (see `bild.scores`).
     cost_model: a `bild.costs.PairCosts` to decide from instead of measuring one (fallback_threshold "auto" measures
         the pair once per process and device when cost_ratio is None). Under "auto", where even every draft accepted
-        cannot beat the large model alone (`PairCosts.drafting_can_pay`), the call is the large model's own loop
-        and a warning says so; otherwise its draft cost seeds "auto"'s cost per draft. stats.costs holds it.
+        cannot beat the large model alone (`PairCosts.drafting_can_pay`), or where the per-round rule would never
+        draft at the cost per draft it starts from (`bild.plan.drafts_at_all`), the call is the large model's own
+        loop and a warning says so; otherwise its draft cost seeds "auto"'s cost per draft. stats.costs holds it.
     small_tokenizer, large_tokenizer, cross_tokenizer: when both tokenizers are given and disagree (or
         cross_tokenizer=True), the pair decodes through `bild.bridge`: the small model drafts in its own vocabulary,
         its draft text is re-encoded into large-model tokens, and the large model judges those (rollback 0 is still
@@ -119,6 +120,7 @@ def bild_generate(
                           bild_streamer, model_kwargs, bridged)
     if bridged:
         check_bridged(generation_config, cfg, static_cache, compile)
+    check_call_lengths(model, small_model, input_ids, inputs_tensor, generation_config.max_length, bridged)
     stopping_criteria = with_stop_strings(stopping_criteria, stop_strings, large_tokenizer, small_tokenizer)
     costs = costs_for(cfg, small_model, model, cost_model)
     if not drafts_at_all(cfg, costs):  # under "auto", on either path: the large model alone where drafting cannot pay
@@ -173,6 +175,17 @@ def with_stop_strings(criteria: StoppingCriteriaList | None, stop_strings, large
     out = StoppingCriteriaList(criteria or [])
     out.append(StopStringCriteria(tokenizer=tokenizer, stop_strings=stop_strings))
     return out
+
+
+def check_call_lengths(large, small, input_ids, inputs_tensor, max_length: int, bridged: bool) -> None:
+    """The prompt (and source) and the requested length against each model's positions, before anything is decided
+    or generated, so that whether a call is refused never depends on measured costs (under "auto" the call may
+    then run the large model alone). Bridged, the small model reads its own tokens and stops drafting at its
+    limit, so only the large model is checked here."""
+    models = {"large": large} if bridged else {"small": small, "large": large}
+    if large.config.is_encoder_decoder and inputs_tensor is not None:
+        check_lengths(models, inputs_tensor.shape[1])
+    check_lengths(models, input_ids.shape[1], max_length)
 
 
 def _cost_ratio(cfg: BiLDConfig, small, large) -> float | None:

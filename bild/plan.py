@@ -1,16 +1,18 @@
 """Whether a call drafts at all: with fallback_threshold="auto", the pair's measured cost model (`bild.costs`) says
-if even all-accepted drafting can beat the large model alone on this device; where it cannot, the call is the
-large model's own cached loop (transformers' sampling/greedy loop, nothing of BiLD's), and a warning says so once
+if even all-accepted drafting can beat the large model alone on this device, and if the per-round rule would
+draft at the cost per draft it starts from; where not, the call is the large model's own cached loop (transformers' sampling/greedy loop, nothing of BiLD's), and a warning says so once
 per pair and device, with the numbers."""
 
 from __future__ import annotations
 
 import warnings
 
+import numpy as np
 import torch
 
 from .config import AUTO, BiLDConfig
 from .costs import PAYS_MARGIN, PairCosts, measure_pair_costs
+from .policy import PRIOR_ACCEPTANCE, drafts_in_first_round
 from .stats import BiLDStats
 
 _WARNED: set[tuple] = set()
@@ -32,8 +34,26 @@ def costs_for(cfg: BiLDConfig, small, large, given: PairCosts | None) -> PairCos
 
 
 def drafts_at_all(cfg: BiLDConfig, costs: PairCosts | None) -> bool:
-    """Pure: False only under "auto" when the cost model's ceiling (every draft accepted) stays below the margin."""
-    return not (cfg.fallback_threshold == AUTO and costs is not None and not costs.drafting_can_pay(cfg.max_small_steps))
+    """Pure: False only under "auto" with a cost model, where the ceiling (every draft accepted) stays below the
+    margin, or where the per-round rule would never draft (`policy.drafts_in_first_round` at the cost per draft it
+    starts from): in both the large model's own loop is the same output without BiLD's per-round work."""
+    if cfg.fallback_threshold != AUTO or costs is None:
+        return True
+    return costs.drafting_can_pay(cfg.max_small_steps) and drafts_in_first_round(first_draft_cost(cfg, costs))
+
+
+def first_draft_cost(cfg: BiLDConfig, costs: PairCosts) -> float:
+    """The cost per draft, in large steps, "auto" starts a call from: the fixed cost_ratio, else the cost model's."""
+    return cfg.cost_ratio if cfg.cost_ratio is not None else costs.draft_cost_ratio(cfg.max_small_steps)
+
+
+def large_alone_reason(cfg: BiLDConfig, costs: PairCosts) -> str:
+    """Pure: why `drafts_at_all` said no, in a few words with the numbers."""
+    ceiling = costs.ceiling(cfg.max_small_steps)
+    if ceiling < PAYS_MARGIN:
+        return f"ceiling {ceiling:.2f}x < {PAYS_MARGIN}x"
+    return (f"a draft costs {first_draft_cost(cfg, costs):.2f} large steps, more than the acceptance a draft starts "
+            f"from ({float(np.mean(PRIOR_ACCEPTANCE)):.2f}), so no round would draft (ceiling {ceiling:.2f}x)")
 
 
 def warn_large_alone(costs: PairCosts, cfg: BiLDConfig, small, large) -> None:
@@ -43,8 +63,9 @@ def warn_large_alone(costs: PairCosts, cfg: BiLDConfig, small, large) -> None:
         return
     _WARNED.add(key)
     warnings.warn(
-        f"BiLD: drafting cannot pay for this pair on this device ({costs.summary(cfg.max_small_steps)}), so "
-        f"fallback_threshold=\"auto\" decodes with the large model alone. {why_not(costs)} Pass a number as "
+        f"BiLD: drafting cannot pay for this pair on this device ({costs.summary(cfg.max_small_steps)}; "
+        f"{large_alone_reason(cfg, costs)}), so fallback_threshold=\"auto\" decodes with the large model alone. "
+        f"{why_not(costs)} Pass a number as "
         "fallback_threshold to draft anyway.", RuntimeWarning, stacklevel=3)
 
 
@@ -79,7 +100,7 @@ def large_alone(model, input_ids, logits_processor, stopping_criteria, generatio
     stats.bonus_tokens = list(new)
     stats.large_forward_calls = list(new)
     stats.batch_large_calls = steps
-    stats.drafting = f"off: ceiling {costs.ceiling(cfg.max_small_steps):.2f}x < {PAYS_MARGIN}x (bild.costs)"
+    stats.drafting = f"off: {large_alone_reason(cfg, costs)} (bild.costs)"
     stats.costs = costs.to_dict()
     if not generation_config.return_dict_in_generate:
         return sequences

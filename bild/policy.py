@@ -148,3 +148,14 @@ def drafting_stop_level(next_acceptance: np.ndarray, cost_ratio: float, committe
     """
     rate = (committed + 1) / (rounds + cost_ratio * small_steps + 1)
     return cost_ratio * rate / np.maximum(next_acceptance, 1e-6)
+
+
+def drafts_in_first_round(cost_ratio: float) -> bool:
+    """Pure: whether "auto"'s per-round rule lets a row draft in its first round when a draft costs `cost_ratio`
+    large steps. Where it does not, the row never drafts in that call: its plain large-model steps keep its rate at
+    one token per step and teach it nothing about acceptance, so its bar stays cost_ratio over the priors' mean
+    acceptance (and a cost measured by the call needs drafts to measure)."""
+    bins = len(CONFIDENCE_EDGES) + 1
+    none = np.zeros((1, bins))
+    level = drafting_stop_level(next_draft_acceptance(none, none), cost_ratio, np.zeros(1), np.zeros(1), np.zeros(1))
+    return bool(level[0] <= 1.0)

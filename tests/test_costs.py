@@ -13,6 +13,7 @@ import bild
 from bild import AUTO, BiLDGenerator
 from bild.costs import ModelCosts, PairCosts, default_widths, measure_model, measure_pair_costs
 from bild.plan import drafts_at_all, why_not
+from bild.policy import drafts_in_first_round
 from tiny_models import batch_inputs, injected_costs, prompts, tiny_pair
 
 # The real pair's numbers of issue #19 (AMD EPYC, AVX2 only, 2 cores; ms), as a cost model.
@@ -91,6 +92,35 @@ def test_where_drafting_cannot_pay_auto_is_the_large_model_alone(arch):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # once per pair and device
         gen.generate(**inputs, max_new_tokens=5)
+
+
+@pytest.mark.parametrize("cost_ratio", [0.3, 0.7, 0.74, 1.0])
+def test_the_per_round_rule_drafts_at_all_exactly_where_it_drafts_in_its_first_round(cost_ratio):
+    """policy.drafts_in_first_round against the loop: at a fixed cost per draft, a call drafts some token iff the
+    rule lets its first round draft (a row that does not draft then never learns a reason to)."""
+    small, large = tiny_pair("llama", "agree", noise=0.0)  # every draft the large model's own token
+    inputs = batch_inputs(prompts(2, seed=2, min_len=3), False)
+    out = BiLDGenerator(small, large, AUTO, 0.0, 6, cost_ratio=cost_ratio).generate(
+        **inputs, max_new_tokens=40, return_dict_in_generate=True)
+    assert (sum(out.stats.drafted_tokens) > 0) is drafts_in_first_round(cost_ratio)
+    assert drafts_in_first_round(0.7) and not drafts_in_first_round(0.74)  # the priors' mean acceptance is 0.7215
+
+
+def test_where_no_round_would_draft_auto_is_the_large_model_alone_though_the_ceiling_allows_drafting():
+    """A ceiling above the margin (1.11x at one draft) with a draft costing 0.8 large steps at ten: the per-round
+    rule would never draft, so the call is the large model's own loop, and the warning says why."""
+    costs = injected_costs(1.5, small_step=0.3)
+    assert costs.drafting_can_pay(10) and costs.draft_cost_ratio(10) == pytest.approx(0.8)
+    cfg = bild.BiLDConfig(AUTO, 0.0, 10)
+    assert not drafts_at_all(cfg, costs)
+    assert drafts_at_all(bild.BiLDConfig(AUTO, 0.0, 10, cost_ratio=0.5), costs)  # a fixed cost is what the rule uses
+    small, large = tiny_pair("llama", "agree", noise=0.3)
+    inputs = batch_inputs(prompts(2, seed=2, min_len=3), False)
+    with pytest.warns(RuntimeWarning, match="a draft costs 0.80 large steps"):
+        out = BiLDGenerator(small, large, AUTO, 2.0, 10, cost_model=costs).generate(
+            **inputs, max_new_tokens=12, return_dict_in_generate=True)
+    assert torch.equal(out.sequences, large.generate(**inputs, do_sample=False, max_new_tokens=12))
+    assert out.stats.drafting.startswith("off: a draft costs")
 
 
 def test_large_alone_samples_what_large_samples_and_streams():

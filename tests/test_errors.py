@@ -5,7 +5,7 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from bild import BiLDGenerator, bild_generate
-from tiny_models import batch_inputs, prompts, tiny_model, tiny_pair
+from tiny_models import batch_inputs, injected_costs, prompts, tiny_model, tiny_pair
 
 
 @pytest.fixture(scope="module")
@@ -102,6 +102,9 @@ def test_prompt_longer_than_positions(pair):
         BiLDGenerator(small, large).generate(input_ids=ids, max_new_tokens=4)
     with pytest.raises(ValueError, match="Lower max_new_tokens"):
         BiLDGenerator(small, large).generate(input_ids=ids[:, :100], max_new_tokens=40)
+    # Refused before "auto" decides anything: the same where the cost model sends the call to the large model alone.
+    with pytest.raises(ValueError, match="the small model accepts at most 128 positions"):
+        BiLDGenerator(small, large, cost_model=injected_costs(4.0)).generate(input_ids=ids, max_new_tokens=4)
 
 
 def test_right_padded_prompts(pair):
