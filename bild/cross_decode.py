@@ -32,8 +32,8 @@ from .acceptance import AcceptanceTracker, AutoRound, CostClock
 from .adapters import ModelAdapter, to_device
 from .bridge import SharedVocabulary, TokenBridge
 from .config import ALWAYS_FALLBACK, AUTO, BiLDConfig
-from .decode import Rows, Stopping, commit, process, verify
-from .policy import confidence_bins, fallback_mask, max_prob_and_argmax
+from .decode import Rows, Stopping, commit, falls_back, process, verify
+from .policy import max_prob_and_argmax
 from .scores import ScoreRecorder, StepOutputs
 from .stats import BiLDStats, RowCounters
 
@@ -220,7 +220,7 @@ def _draft(side: SmallSide, active: np.ndarray, cfg: BiLDConfig, counts: RowCoun
         rows = np.flatnonzero(drafting)
         rows_d = to_device(rows, device)
         max_p, token = max_prob_and_argmax(logits[rows_d])
-        fell_back, bins = _falls_back(max_p, chain, rows_d, cfg, counts, auto)
+        fell_back, bins = falls_back(max_p, chain, rows_d, cfg, counts, auto)
         side.seq[rows_d, to_device(upto[rows], device)] = token
         if auto is None:
             token_h, fell_h = torch.stack([token, fell_back.long()]).tolist()  # the step's host read
@@ -267,7 +267,7 @@ def _draft_shared(side: SmallSide, state: Rows, shared: SharedVocabulary, choose
         at_d = to_device(at, device)
         scores = process(processors, state.seq, rows, at, shared.scores(logits[rows_d]))
         max_p, token = choose.propose(scores, rows_d, step)
-        fell_back, bins = _falls_back(max_p, chain, rows_d, cfg, counts, auto)
+        fell_back, bins = falls_back(max_p, chain, rows_d, cfg, counts, auto)
         state.seq[rows_d, at_d] = token
         side.seq[rows_d, to_device(upto_small[rows], device)] = shared.to_small[token]
         if cfg.keeps_fallback_draft:
@@ -288,22 +288,3 @@ def _draft_shared(side: SmallSide, state: Rows, shared: SharedVocabulary, choose
         if not drafting.any():
             break
     return k
-
-
-def _falls_back(max_p, chain, rows_d, cfg: BiLDConfig, counts: RowCounters, auto: AutoRound | None = None):
-    """A draft step's fallback decision for rows_d, and (with auto) the drafts' confidence bins (else None), as
-    `bild.decode.draft` decides and counts them: chain holds the round's product, of max probabilities for "round",
-    of estimated acceptances for "auto"."""
-    bins = None
-    if auto is not None:
-        bins = confidence_bins(max_p, auto.edges)
-        chain[rows_d] *= auto.table[rows_d, bins]
-        fell_back = chain[rows_d] < auto.level[rows_d]
-    else:
-        if chain is not None:
-            chain[rows_d] *= max_p.float()
-            max_p = chain[rows_d]
-        fell_back = fallback_mask(max_p, cfg.fallback_threshold)
-    counts.add("small_forward_calls", rows_d, 1)
-    counts.add("fallbacks", rows_d, fell_back)
-    return fell_back, bins

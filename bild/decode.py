@@ -126,6 +126,25 @@ class Stopping:
         return out
 
 
+def falls_back(max_p, chain, rows_d, cfg: BiLDConfig, counts: RowCounters, auto: AutoRound | None = None):
+    """One draft step's fallback decision for rows_d, counted, and (with auto) the drafts' confidence bins (else
+    None): chain holds the round's product, of max probabilities for fallback_rule "round", of estimated
+    acceptances for "auto". Shared by both loops (`bild.cross_decode` too)."""
+    bins = None
+    if auto is not None:
+        bins = confidence_bins(max_p, auto.edges)
+        chain[rows_d] *= auto.table[rows_d, bins]
+        fell_back = chain[rows_d] < auto.level[rows_d]
+    else:
+        if chain is not None:
+            chain[rows_d] *= max_p.float()
+            max_p = chain[rows_d]
+        fell_back = fallback_mask(max_p, cfg.fallback_threshold)
+    counts.add("small_forward_calls", rows_d, 1)
+    counts.add("fallbacks", rows_d, fell_back)
+    return fell_back, bins
+
+
 def draft(small: ModelAdapter, state: Rows, choose: Chooser, processors, stopping: Stopping, cfg: BiLDConfig,
           counts: RowCounters, allowed: np.ndarray, small_steps: np.ndarray, auto: AutoRound | None = None,
           recorder: ScoreRecorder | None = None) -> np.ndarray:
@@ -160,17 +179,7 @@ def draft(small: ModelAdapter, state: Rows, choose: Chooser, processors, stoppin
         max_p, token = choose.propose(scores, rows_d, step)
         if recorder is not None:
             recorder.small_step(rows, step, scores)
-        if auto is not None:
-            bins = confidence_bins(max_p, auto.edges)
-            chain[rows_d] *= auto.table[rows_d, bins]
-            fell_back = chain[rows_d] < auto.level[rows_d]
-        else:
-            if chain is not None:
-                chain[rows_d] *= max_p.float()
-                max_p = chain[rows_d]
-            fell_back = fallback_mask(max_p, cfg.fallback_threshold)
-        counts.add("small_forward_calls", rows_d, 1)
-        counts.add("fallbacks", rows_d, fell_back)
+        fell_back, bins = falls_back(max_p, chain, rows_d, cfg, counts, auto)
         # Written for every row: a fallback token that is not kept lies past the row's drafts (scratch).
         state.seq[rows_d, at] = token
         if cfg.keeps_fallback_draft:
