@@ -23,7 +23,8 @@ from one to the next, at batch size 1, the clock read after synchronising the de
 of summed times with a paired bootstrap 90% interval over prompts; the CPU time other processes used during
 the run is recorded and a shared run is flagged. BiLD's time is split into small-model forwards, large-model
 forwards, loop overhead (the decode loop minus its forwards) and per-call setup (the call minus the loop:
-checks, the encoder, output assembly). Prints a table and writes JSON (machine and versions included).
+checks, the encoder, output assembly); a call that "auto" sends to the large model's own loop is split the same
+way (its loop and forwards timed by `bild.plan.ForwardClock`). Prints a table and writes JSON (machine and versions included).
 """
 
 from __future__ import annotations

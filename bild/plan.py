@@ -5,6 +5,7 @@ per pair and device, with the numbers."""
 
 from __future__ import annotations
 
+import time
 import warnings
 
 import numpy as np
@@ -83,6 +84,29 @@ def why_not(costs: PairCosts) -> str:
     return f"A small step costs {small:.2f} of a large one and a pass over 2 tokens {two:.2f}x a step."
 
 
+class ForwardClock:
+    """Seconds spent inside `module`'s forward calls while the `with` block runs (torch forward hooks, removed
+    on exit; host time, as the adapters' own clocks measure without profiling)."""
+
+    def __init__(self, module: torch.nn.Module):
+        self.module, self.seconds, self._start, self._hooks = module, 0.0, 0.0, []
+
+    def __enter__(self) -> "ForwardClock":
+        def before(*_):
+            self._start = time.perf_counter()
+
+        def after(*_):
+            self.seconds += time.perf_counter() - self._start
+
+        self._hooks = [self.module.register_forward_pre_hook(before), self.module.register_forward_hook(after)]
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks = []
+
+
 def large_alone(model, input_ids, logits_processor, stopping_criteria, generation_config, streamer, model_kwargs,
                 pad_token_id: int, costs: PairCosts, cfg: BiLDConfig):
     """transformers' own cached decoding loop for `model` (what `model.generate` runs), with BiLD's output type."""
@@ -91,8 +115,11 @@ def large_alone(model, input_ids, logits_processor, stopping_criteria, generatio
     if streamer is not None:
         streamer.put(input_ids.cpu())
     kwargs = {k: v for k, v in model_kwargs.items() if k != "inputs_tensor"}
-    out = model._sample(input_ids, logits_processor=logits_processor, stopping_criteria=stopping_criteria,
-                        generation_config=generation_config, synced_gpus=False, streamer=streamer, **kwargs)
+    start = time.perf_counter()
+    with ForwardClock(model) as clock:
+        out = model._sample(input_ids, logits_processor=logits_processor, stopping_criteria=stopping_criteria,
+                            generation_config=generation_config, synced_gpus=False, streamer=streamer, **kwargs)
+    loop_seconds = time.perf_counter() - start
     sequences = out if isinstance(out, torch.Tensor) else out.sequences
     steps = sequences.shape[1] - input_ids.shape[1]
     stats = BiLDStats.zeros(sequences.shape[0])
@@ -100,6 +127,8 @@ def large_alone(model, input_ids, logits_processor, stopping_criteria, generatio
     stats.bonus_tokens = list(new)
     stats.large_forward_calls = list(new)
     stats.batch_large_calls = steps
+    stats.loop_seconds = loop_seconds
+    stats.forward_seconds = stats.large_forward_seconds = clock.seconds
     stats.drafting = f"off: {large_alone_reason(cfg, costs)} (bild.costs)"
     stats.costs = costs.to_dict()
     if not generation_config.return_dict_in_generate:

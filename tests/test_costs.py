@@ -89,6 +89,11 @@ def test_where_drafting_cannot_pay_auto_is_the_large_model_alone(arch):
     assert torch.equal(out.sequences, ref.sequences)  # the large model's own loop, even at rollback 2
     assert all(torch.allclose(a, b) for a, b in zip(out.scores, ref.scores))
     assert calls.n == 0 and out.stats.drafting.startswith("off") and out.stats.costs["large"]["passes"]
+    # its time is booked as BiLD's is (loop and large forwards, timed by hooks that are gone afterwards), so that
+    # benchmarks split it into forwards, loop overhead and per-call setup like any other call
+    loop, fwd = out.stats.loop_seconds, out.stats.large_forward_seconds
+    assert 0 < fwd <= loop and out.stats.forward_seconds == fwd and out.stats.small_forward_seconds == 0
+    assert not large._forward_hooks and not large._forward_pre_hooks
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # once per pair and device
         gen.generate(**inputs, max_new_tokens=5)
