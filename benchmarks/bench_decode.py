@@ -11,7 +11,11 @@ absent: the default; `:round`: fallback_rule="round"), optionally `+static`, `+c
 drafts from the --draft_vocab_size tokens used most in --draft_vocab_file (`bild.frequent_tokens`; with the tiny
 models, the first ids); `+bridge`: the same setting through the two-tokenizer path (`cross_tokenizer=True`, the large
 model's tokenizer on both sides), which measures that path's overhead; `+linear`: bild's few-row passes through plain
-`F.linear` (`weight_stationary=False`, see bild.kernels). A `+` variant is also compared with its plain setting (speed-up, identical outputs).
+`F.linear` (`weight_stationary=False`, see bild.kernels), `+ws`: through the weight-stationary form for every 1-16 rows
+(`weight_stationary=True`); the default is the rows the pair's cost model measured faster. A `+` variant is also
+compared with its plain setting (speed-up, identical outputs). `large+kernels`: `large.generate` with the large model's
+few-row products in the form where its measured cost model chose it (what "auto" runs when it decodes with the large
+model alone): the kernels' share of a speed-up, apart from drafting's.
 
 Prompts: JSON lines with a "prompt" field, or the translation layout of the Debian data
 ({"translation": {"de": ..., "en": ...}}), prompted through the chat template.
@@ -43,17 +47,19 @@ from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokeni
 
 from bild import AUTO, BiLDGenerator
 from bild.config import BiLDConfig
+from bild.costs import measure_pair_costs
 from bild.env import environment
 from bild.eval.rundir import atomic_write_json
 from bild.eval.systems import DraftVocabSpec
 from bild.hardware import pair_dtypes, rule_dtype
+from bild.kernels import few_token_matmuls
 from bild.eval.tasks import TRANSLATION
 from bild.eval.timing import ContentionMonitor, contention_warning, paired_bootstrap_ci, rotated
 
 TRANSLATE = "Translate the following German text to English. Reply with the translation only.\n\n{text}"
 FAST_VARIANTS = {"static": {"static_cache": True}, "compile": {"compile": True},
                  "compile_small": {"compile": "small"}, "compile_large": {"compile": "large"},
-                 "linear": {"weight_stationary": False}}
+                 "linear": {"weight_stationary": False}, "ws": {"weight_stationary": True}}
 BASELINES = ("large", "assisted")
 
 
@@ -184,6 +190,9 @@ def systems(names: list[str], small, large, common: dict, vocab=None, tokenizer=
     for name in names:
         if name == "large":
             table[name] = lambda x: large.generate(**x, **common)
+        elif name == "large+kernels":
+            rows = measure_pair_costs(small, large, max_width=BiLDConfig().max_small_steps + 1).large.weight_stationary
+            table[name] = lambda x, rows=rows: _with_kernels(large, rows, x, common)
         elif name == "small":
             table[name] = lambda x: small.generate(**x, **common)
         elif name == "assisted":
@@ -201,8 +210,13 @@ def systems(names: list[str], small, large, common: dict, vocab=None, tokenizer=
             table[name] = lambda x, gen=gen: gen.generate(**x, **common, return_dict_in_generate=True,
                                                          bild_profile=True)
         else:
-            raise SystemExit(f"unknown system {name!r}: large, small, assisted, assisted:N or bild:FB:RB[:N][:keep|:nokeep]")
+            raise SystemExit(f"unknown system {name!r}: large, large+kernels, small, assisted, assisted:N or bild:FB:RB[:N][:keep|:nokeep]")
     return table
+
+
+def _with_kernels(large, rows, inputs, common):
+    with few_token_matmuls(large, rows):
+        return large.generate(**inputs, **common)
 
 
 def _assisted_constant(large, small, inputs, n, common):

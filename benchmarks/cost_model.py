@@ -28,9 +28,12 @@ from bild.hardware import choose_dtype, rule_dtype
 
 
 def median_costs(runs: list[ModelCosts]) -> ModelCosts:
-    widths = runs[0].passes
-    return ModelCosts({w: statistics.median(r.passes[w] for r in runs) for w in widths},
-                      statistics.median(r.prefill_per_token for r in runs), runs[0].dtype, runs[0].context)
+    """Per width and matmul form, the median over rounds; the form of each width chosen from those medians."""
+    def med(attr):
+        return {w: statistics.median(getattr(r, attr)[w] for r in runs) for w in getattr(runs[0], attr)}
+    linear = med("linear_passes") or med("passes")
+    return ModelCosts.from_forms(linear, med("stationary_passes"), statistics.median(r.prefill_per_token for r in runs),
+                                 runs[0].dtype, runs[0].context)
 
 
 def main(argv=None) -> dict:
@@ -71,6 +74,11 @@ def main(argv=None) -> dict:
         print(f"{name:<10}{1000 * small.step:>10.1f}{1000 * large.step:>10.1f}{small.step / large.step:>6.2f}  "
               f"{ratios:<44}{1000 * large.prefill_per_token:>17.2f}{costs.ceiling(args.max_drafts):>8.2f}x  "
               f"{' / '.join(f'{n} ({s:.2f}x)' for n, s in best.values())}  {costs.drafting_can_pay(args.max_drafts)}")
+        for role, m in (("small", small), ("large", large)):
+            if m.stationary_passes:
+                print(f"  {role} weight-stationary rows {list(m.weight_stationary)}; ms by width, F.linear / "
+                      "weight-stationary: " + ", ".join(f"{w}: {1000 * m.linear_passes[w]:.1f} / "
+                                                        f"{1000 * m.stationary_passes[w]:.1f}" for w in m.linear_passes))
     rule = rule_dtype("cpu")
     if len(runs) > 1:
         per_role = {role: choose_dtype({d: median_costs(runs[d][role]) for d in runs}, width=5 if role == "large" else 1)

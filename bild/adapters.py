@@ -147,7 +147,7 @@ class ModelAdapter:
         pad_to=None,
         compiled_forward=None,
         sync: bool = False,
-        weight_stationary: bool | None = None,
+        kernel_rows: tuple[int, ...] = (),
     ):
         self.model = model
         self.static_length = static_length  # preallocate a static KV cache of this many slots
@@ -172,7 +172,7 @@ class ModelAdapter:
         self.compactions = 0  # static cache: times the rows' slots were moved to the front (see _compact)
         self.seconds = 0.0
         self.sync = sync  # synchronise the device around forwards when profiling
-        self.weight_stationary = weight_stationary  # few-row matmuls (bild.kernels): None the rule, True/False forced
+        self.kernel_rows = kernel_rows  # row counts whose passes take bild.kernels' weight-stationary form
 
     def _new_cache(self):
         if self.static_length is not None:
@@ -227,8 +227,8 @@ class ModelAdapter:
         start = time.perf_counter()
         if self.sync and self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
-        rows = 0 if width else tokens.shape[0] * T  # eager forwards only (a compiled one keeps its graph)
-        with few_token_matmuls(self.model, rows, self.weight_stationary):  # float32 on a CPU: see bild.kernels
+        rows = () if width else self.kernel_rows  # eager forwards only (a compiled one keeps its graph)
+        with few_token_matmuls(self.model, rows):  # where measured faster on this machine: see bild.kernels
             logits = self._forward(forward, tokens, mask, positions, keep)  # (B, keep, V)
         if self.sync and self.device.type == "cuda":
             torch.cuda.synchronize(self.device)

@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from transformers import DynamicCache, EncoderDecoderCache, PreTrainedModel
 
-from .kernels import few_token_matmuls
+from .kernels import FEW_ROWS, few_token_matmuls, interpolate, weight_stationary_rows
 from .validation import max_positions
 
 #: drafting is worth trying only if its ceiling (every draft accepted) is at least this: real drafts are rejected
@@ -45,6 +45,20 @@ class ModelCosts:
     prefill_per_token: float
     dtype: str = ""
     context: int = 0
+    #: the row counts whose passes bild runs in `bild.kernels`' weight-stationary form (measured faster here), and
+    #: the measured seconds of each form (width -> seconds; empty where the forms were not compared)
+    weight_stationary: tuple[int, ...] = ()
+    linear_passes: dict[int, float] = field(default_factory=dict)
+    stationary_passes: dict[int, float] = field(default_factory=dict)
+
+    @classmethod
+    def from_forms(cls, linear: dict[int, float], stationary: dict[int, float], prefill_per_token: float,
+                   dtype: str = "", context: int = 0) -> "ModelCosts":
+        """The costs of passes timed in both matmul forms (`stationary` empty: `F.linear` only): each width in the
+        form `bild.kernels.weight_stationary_rows` picks."""
+        rows = weight_stationary_rows(linear, stationary)
+        passes = {w: stationary[w] if w in rows else t for w, t in linear.items()}
+        return cls(passes, prefill_per_token, dtype, context, rows, dict(linear) if stationary else {}, dict(stationary))
 
     @property
     def step(self) -> float:
@@ -52,17 +66,7 @@ class ModelCosts:
 
     def pass_seconds(self, width: int) -> float:
         """A pass over `width` tokens: the measured widths, linear in between and past the widest measured."""
-        if width in self.passes:
-            return self.passes[width]
-        ws = sorted(self.passes)
-        lo = max((w for w in ws if w < width), default=ws[0])
-        hi = min((w for w in ws if w > width), default=None)
-        if hi is None:  # past the widest: the last slope
-            lo, hi = (ws[-2], ws[-1]) if len(ws) > 1 else (ws[0], ws[0])
-        if hi == lo:
-            return self.passes[lo]
-        slope = (self.passes[hi] - self.passes[lo]) / (hi - lo)
-        return max(self.passes[lo] + slope * (width - lo), 0.0)
+        return interpolate(self.passes, width)
 
     def job_seconds(self, prompt_tokens: int, new_tokens: int, width: int = 1) -> float:
         """Prefill plus `new_tokens` at `width` tokens per pass (1: plain decoding)."""
@@ -116,7 +120,20 @@ class PairCosts:
         return (f"small step {1000 * self.small.step:.1f} ms ({self.small.dtype}), large step "
                 f"{1000 * self.large.step:.1f} ms ({self.large.dtype}), large pass over {w} tokens "
                 f"{1000 * self.large.pass_seconds(w):.1f} ms ({self.large.pass_seconds(w) / self.large.step:.2f}x a "
-                f"step), ceiling {self.ceiling(max_drafts):.2f}x (every draft accepted)")
+                f"step), ceiling {self.ceiling(max_drafts):.2f}x (every draft accepted)"
+                + "".join(f", {role} weight-stationary over {_spans(m.weight_stationary)} rows"
+                          for role, m in (("small", self.small), ("large", self.large)) if m.weight_stationary))
+
+
+def _spans(rows: tuple[int, ...]) -> str:
+    """(1, 3, 4, 5) -> "1, 3-5"."""
+    out, start = [], None
+    for i, r in enumerate(rows):
+        start = r if start is None else start
+        if i + 1 == len(rows) or rows[i + 1] != r + 1:
+            out.append(str(r) if r == start else f"{start}-{r}")
+            start = None
+    return ", ".join(out)
 
 
 def default_widths(max_width: int) -> tuple[int, ...]:
@@ -131,10 +148,14 @@ def _sync(device: torch.device) -> None:
 
 @torch.no_grad()
 def measure_model(model: PreTrainedModel, widths: tuple[int, ...], context: int = 64, repeats: int = 3,
-                  seed: int = 0) -> ModelCosts:
+                  seed: int = 0, forms: bool | None = None) -> ModelCosts:
     """Time a prefill of `context` tokens and cached passes over each width after it (medians of `repeats`, the
-    widths rotated each repeat), on random tokens. A few forwards; the model is left as it was."""
+    widths rotated each repeat), on random tokens. With `forms` (None: on a CPU) each width is timed with
+    `F.linear` and with `bild.kernels`' weight-stationary form, and the passes are those of the form
+    `weight_stationary_rows` picks. A few forwards; the model is left as it was."""
     device = model.device
+    forms = device.type == "cpu" if forms is None else forms
+    variants = (((), "linear"), (tuple(FEW_ROWS), "stationary")) if forms else (((), "linear"),)
     g = torch.Generator().manual_seed(seed)
     vocab = model.get_input_embeddings().weight.shape[0]  # valid input ids (a draft vocabulary's head has no .weight)
     ids = torch.randint(4, vocab, (1, context + max(widths)), generator=g).to(device)
@@ -151,9 +172,9 @@ def measure_model(model: PreTrainedModel, widths: tuple[int, ...], context: int 
 
     cache_kw = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
-    def forward(tokens, cache, past):  # as bild's adapters run it (bild.kernels for a few float32 rows on a CPU)
+    def forward(tokens, cache, past, rows=()):  # as bild's adapters run it, in the form `rows` says (bild.kernels)
         positions = torch.arange(past, past + tokens.shape[1], device=device)
-        with few_token_matmuls(model, tokens.numel()):
+        with few_token_matmuls(model, rows):
             return model(**{key: tokens, cache_kw: cache}, use_cache=True, cache_position=positions, **kwargs)
 
     prefill = []
@@ -164,21 +185,25 @@ def measure_model(model: PreTrainedModel, widths: tuple[int, ...], context: int 
         forward(ids[:, :context], cache, 0)
         _sync(device)
         prefill.append(time.perf_counter() - t)
-    times: dict[int, list[float]] = {w: [] for w in widths}
-    forward(ids[:, context:context + 1], cache, context)  # warm the cached path
+    runs = [(w, rows, name) for w in widths for rows, name in variants]
+    times: dict[tuple, list[float]] = {(w, name): [] for w, _, name in runs}
+    for rows, _ in variants:  # warm the cached path in each form
+        forward(ids[:, context:context + 1], cache, context, rows)
+        cache.crop(-1)
     for r in range(repeats):
-        order = list(widths[r % len(widths):]) + list(widths[:r % len(widths)])
-        for w in order:
+        shift = (r * len(variants)) % len(runs)
+        for w, rows, name in runs[shift:] + runs[:shift]:
             extra = cache.get_seq_length() - context
             if extra > 0:
                 cache.crop(-extra)
             _sync(device)
             t = time.perf_counter()
-            forward(ids[:, context:context + w], cache, context)
+            forward(ids[:, context:context + w], cache, context, rows)
             _sync(device)
-            times[w].append(time.perf_counter() - t)
+            times[(w, name)].append(time.perf_counter() - t)
+    med = {name: {w: statistics.median(times[(w, name)]) for w in widths} for _, name in variants}
     dtype = str(next(model.parameters()).dtype).replace("torch.", "")
-    return ModelCosts({w: statistics.median(v) for w, v in times.items()}, prefill[-1] / context, dtype, context)
+    return ModelCosts.from_forms(med["linear"], med.get("stationary", {}), prefill[-1] / context, dtype, context)
 
 
 #: small model -> large model -> {(devices, dtypes, attention, max_width): costs}, held weakly: an entry goes with its

@@ -36,8 +36,9 @@ class BiLDGenerator:
     `bild.bridge` (see the README, "Pairs with different tokenizers"); cross_tokenizer=True forces that path,
     False refuses differing tokenizers.
 
-    weight_stationary: BiLD's passes over 2-16 rows use `bild.kernels`' weight-stationary matmul form: None (default)
-    where it pays by its rule (float32 on a CPU), True always, False never.
+    weight_stationary: BiLD's passes over 1-16 rows use `bild.kernels`' weight-stationary matmul form: None (default)
+    for the row counts where the pair's cost model (measured on this machine under fallback "auto") found it
+    faster for that model, True always, False never (plain F.linear, as transformers).
 
     draft_vocab: token ids the small model drafts from (e.g. `bild.frequent_tokens(tok, texts, 16384)`): a
     cheaper small step; the large model still verifies every token, so exactness is unchanged (see
@@ -73,7 +74,7 @@ class BiLDGenerator:
         self.small_tokenizer = small_tokenizer if small_tokenizer is not None else tokenizer
         self.large_tokenizer = large_tokenizer if large_tokenizer is not None else tokenizer
         self.cross_tokenizer = cross_tokenizer
-        self.weight_stationary = weight_stationary  # bild.kernels: None the rule (float32 on a CPU), True / False
+        self.weight_stationary = weight_stationary  # bild.kernels: None as measured (generator.costs), True / False
         bridged = bridges_tokenizers(cross_tokenizer, self.small_tokenizer, self.large_tokenizer)
         check_pair(small, large, self.small_tokenizer, self.large_tokenizer, bridged)
         self.small, self.large = small, large

@@ -9,7 +9,7 @@ batch; encoder-decoder: row by row) and the static-cache / compiled options (`Fa
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from transformers import GenerationConfig, LogitsProcessorList, PreTrainedModel, StoppingCriteriaList
@@ -23,7 +23,7 @@ from .config import AUTO, BiLDConfig
 from .costs import PairCosts
 from .cross_decode import decode_across
 from .decode import BiLDOutput, decode
-from .plan import costs_for, drafts_at_all, large_alone, warn_large_alone
+from .plan import costs_for, drafts_at_all, large_alone, pair_kernel_rows, warn_large_alone
 from .row_processors import for_rows
 from .scores import StepOutputs
 from .stats import BiLDStats
@@ -107,8 +107,9 @@ def bild_generate(
         its draft text is re-encoded into large-model tokens, and the large model judges those (rollback 0 is still
         exactly large greedy; sampling drafts from the tokens both vocabularies share, and stays exact).
         cross_tokenizer=False refuses differing tokenizers instead.
-    weight_stationary: passes over 2-16 rows through `bild.kernels`' weight-stationary matmul form: None (default)
-        where its rule says it pays (float32 on a CPU), True always, False never (plain F.linear).
+    weight_stationary: passes over 1-16 rows through `bild.kernels`' weight-stationary matmul form: None (default)
+        for the row counts where the pair's measured cost model found it faster for that model (fallback_threshold
+        "auto" measures one; fixed thresholds measure nothing, so plain F.linear), True always, False never.
     bild_profile: synchronise the device around each forward so stats.forward_seconds is exact.
     """
     cfg = bild_config if bild_config is not None else BiLDConfig(fallback_threshold, rollback_threshold, max_small_steps,
@@ -127,7 +128,8 @@ def bild_generate(
         warn_large_alone(costs, cfg, small_model, model)
         return large_alone(model, input_ids, logits_processor if logits_processor is not None else LogitsProcessorList(),
                            stopping_criteria if stopping_criteria is not None else StoppingCriteriaList(),
-                           generation_config, bild_streamer, model_kwargs, _pad_token_id(generation_config), costs, cfg)
+                           generation_config, bild_streamer, model_kwargs, _pad_token_id(generation_config), costs, cfg,
+                           pair_kernel_rows(weight_stationary, costs)["large"])
     fast = FastPath.build(static_cache, compile_roles(compile), cfg, generation_config.max_length, input_ids, model)
     run = Run(
         processors=logits_processor if logits_processor is not None else LogitsProcessorList(),
@@ -135,7 +137,7 @@ def bild_generate(
         cfg=cfg, max_length=generation_config.max_length, pad=_pad_token_id(generation_config),
         sampling=bool(generation_config.do_sample), generator=generator, streamer=bild_streamer, profile=bild_profile,
         cost_ratio=costs.draft_cost_ratio(cfg.max_small_steps) if costs is not None else _cost_ratio(cfg, small_model, model),
-        record=recorded_fields(generation_config), weight_stationary=weight_stationary,
+        record=recorded_fields(generation_config), kernel_rows=pair_kernel_rows(weight_stationary, costs),
     )
     if bridged:
         bridge = TokenBridge.of(small_tokenizer, large_tokenizer, small_model.generation_config.eos_token_id,
@@ -236,11 +238,11 @@ class Run:
     profile: bool
     cost_ratio: float | None = None  # a small step in large steps, for the drafting guard and "auto"
     record: tuple[str, ...] = ()  # per-token values to return (bild.scores)
-    weight_stationary: bool | None = None  # few-row matmuls (bild.kernels): None the rule, True / False forced
+    #: role ("small", "large") -> the row counts its passes take bild.kernels' weight-stationary form for
+    kernel_rows: dict = field(default_factory=dict)
 
-    @property
-    def adapter_options(self) -> dict:
-        return {"sync": self.profile, "weight_stationary": self.weight_stationary}
+    def adapter_options(self, role: str) -> dict:
+        return {"sync": self.profile, "kernel_rows": self.kernel_rows.get(role, ())}
 
 
     def decode(self, small, large, prompt, prompt_valid, rows: list[int]):
@@ -264,8 +266,8 @@ def _decoder_only(model, small_model, vocab, input_ids, mask, fast: "FastPath", 
     results = []
     for rows in groups:
         g = slice(rows[0], rows[-1] + 1)
-        small = DecoderOnlyAdapter(small_model, len(rows), device, vocab, **run.adapter_options, **fast.options(small_model, "small"))
-        large = DecoderOnlyAdapter(model, len(rows), device, **run.adapter_options, **fast.options(model, "large"))
+        small = DecoderOnlyAdapter(small_model, len(rows), device, vocab, **run.adapter_options("small"), **fast.options(small_model, "small"))
+        large = DecoderOnlyAdapter(model, len(rows), device, **run.adapter_options("large"), **fast.options(model, "large"))
         results.append(run.decode(small, large, input_ids[g], valid[g], rows))
     return _joined(results, run.pad)
 
@@ -287,17 +289,16 @@ def _encoder_decoder(model, small_model, vocab, input_ids, inputs_tensor, model_
 
     B = input_ids.shape[0]
     if B > 1 and fast.static_length is None and batches_encoder_decoder(model, small_model):
-        kw = dict(run.adapter_options)
         small = RightAlignedEncoderDecoderAdapter(
-            small_model, B, device, vocab, encoder_outputs=_repeat_rows(small_enc, per_source), **kw,
+            small_model, B, device, vocab, encoder_outputs=_repeat_rows(small_enc, per_source), **run.adapter_options("small"),
             encoder_mask=None if source_mask is None else source_mask.to(small_model.device))
         large = RightAlignedEncoderDecoderAdapter(
-            model, B, device, None, encoder_outputs=large_enc, **kw,
+            model, B, device, None, encoder_outputs=large_enc, **run.adapter_options("large"),
             encoder_mask=None if source_mask is None else source_mask.to(model.device))
         return run.decode(small, large, input_ids, torch.ones_like(input_ids, dtype=torch.bool), list(range(B)))
 
     def adapter(m, role, vocab_size, encoder_outputs, mask):
-        return EncoderDecoderAdapter(m, 1, device, vocab_size, **run.adapter_options, **fast.options(m, role),
+        return EncoderDecoderAdapter(m, 1, device, vocab_size, **run.adapter_options(role), **fast.options(m, role),
                                      encoder_outputs=encoder_outputs, encoder_mask=None if mask is None else mask.to(m.device))
 
     results = []
@@ -340,8 +341,8 @@ def _bridged(model, small_model, bridge: TokenBridge, input_ids, inputs_tensor, 
         for rows in [[r] for r in range(B)] if alone else [list(range(B))]:
             g = slice(rows[0], rows[-1] + 1)
             prompts = [bridge.small_prompt(input_ids[r][valid[r]].tolist()) for r in rows]
-            small = DecoderOnlyAdapter(small_model, len(rows), device, small_vocab, **run.adapter_options)
-            large = DecoderOnlyAdapter(model, len(rows), device, **run.adapter_options)
+            small = DecoderOnlyAdapter(small_model, len(rows), device, small_vocab, **run.adapter_options("small"))
+            large = DecoderOnlyAdapter(model, len(rows), device, **run.adapter_options("large"))
             results.append(decode(small, large, input_ids[g], valid[g], prompts, rows))
         return _joined(results, run.pad)
     if inputs_tensor is None:
@@ -358,10 +359,10 @@ def _bridged(model, small_model, bridge: TokenBridge, input_ids, inputs_tensor, 
         src = inputs_tensor[s] if source_mask is None else inputs_tensor[s][source_mask[r].to(inputs_tensor.device).bool()]
         small_source = torch.tensor([bridge.small_prompt(src.tolist(), is_source=True)], device=device)
         check_lengths({"small": small_model}, small_source.shape[1])
-        small = EncoderDecoderAdapter(small_model, 1, device, small_vocab, **run.adapter_options,
+        small = EncoderDecoderAdapter(small_model, 1, device, small_vocab, **run.adapter_options("small"),
                                       encoder_outputs=encode(small_model, small_source, None), encoder_mask=None)
         mask_r = None if source_mask is None else source_mask[r : r + 1].to(model.device)
-        large = EncoderDecoderAdapter(model, 1, device, None, **run.adapter_options, encoder_outputs=_row(large_enc, r),
+        large = EncoderDecoderAdapter(model, 1, device, None, **run.adapter_options("large"), encoder_outputs=_row(large_enc, r),
                                       encoder_mask=mask_r)
         results.append(decode(small, large, input_ids[r : r + 1], torch.ones_like(input_ids[r : r + 1], dtype=torch.bool),
                               [[int(start)]], [r]))

@@ -13,6 +13,7 @@ import torch
 
 from .config import AUTO, BiLDConfig
 from .costs import PAYS_MARGIN, PairCosts, measure_pair_costs
+from .kernels import few_token_matmuls, kernel_rows
 from .policy import PRIOR_ACCEPTANCE, drafts_in_first_round
 from .stats import BiLDStats
 
@@ -107,16 +108,24 @@ class ForwardClock:
         self._hooks = []
 
 
+def pair_kernel_rows(forced: bool | None, costs: PairCosts | None) -> dict[str, tuple[int, ...]]:
+    """Pure: role -> the row counts whose passes take `bild.kernels`' weight-stationary form (forced True / False, or
+    None: what each model's measured costs found; none without a cost model)."""
+    return {role: kernel_rows(forced, getattr(costs, role).weight_stationary if costs is not None else None)
+            for role in ("small", "large")}
+
+
 def large_alone(model, input_ids, logits_processor, stopping_criteria, generation_config, streamer, model_kwargs,
-                pad_token_id: int, costs: PairCosts, cfg: BiLDConfig):
-    """transformers' own cached decoding loop for `model` (what `model.generate` runs), with BiLD's output type."""
+                pad_token_id: int, costs: PairCosts, cfg: BiLDConfig, rows: tuple[int, ...] = ()):
+    """transformers' own cached decoding loop for `model` (what `model.generate` runs), with BiLD's output type; its
+    passes over `rows` row counts in `bild.kernels`' weight-stationary form (measured faster on this machine)."""
     from .decode import BiLDOutput
 
     if streamer is not None:
         streamer.put(input_ids.cpu())
     kwargs = {k: v for k, v in model_kwargs.items() if k != "inputs_tensor"}
     start = time.perf_counter()
-    with ForwardClock(model) as clock:
+    with ForwardClock(model) as clock, few_token_matmuls(model, rows):
         out = model._sample(input_ids, logits_processor=logits_processor, stopping_criteria=stopping_criteria,
                             generation_config=generation_config, synced_gpus=False, streamer=streamer, **kwargs)
     loop_seconds = time.perf_counter() - start
