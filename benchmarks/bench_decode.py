@@ -215,7 +215,8 @@ def systems(names: list[str], small, large, common: dict, vocab=None, tokenizer=
 
 
 def _with_kernels(large, rows, inputs, common):
-    with few_token_matmuls(large, rows):
+    """As "auto" runs the large model alone (bild.plan.large_alone): the form for its one-token steps, if chosen."""
+    with few_token_matmuls(large, rows if inputs["input_ids"].shape[0] in rows else ()):
         return large.generate(**inputs, **common)
 
 
@@ -256,7 +257,8 @@ def run_interleaved(table: dict, prompts: list, device, progress=None, seed_list
             runs[name]["outputs"].append(tokens)
             if stats is not None:
                 runs[name]["stats"].append({**stats.total(), "small_forward_seconds": stats.small_forward_seconds,
-                                            "large_forward_seconds": stats.large_forward_seconds})
+                                            "large_forward_seconds": stats.large_forward_seconds,
+                                            "costs": getattr(stats, "costs", None) if not runs[name]["stats"] else None})
         if progress and seed == seed_list[-1]:
             progress(i, runs)
     return runs
@@ -279,6 +281,9 @@ def summarize(name: str, run: dict) -> dict:
                           "loop_overhead": loop - small_fwd - large_fwd, "per_call_setup": seconds - loop}
         total["share_outside_forwards"] = 1 - (small_fwd + large_fwd) / max(seconds, 1e-9)
         out["stats"] = total
+        costs = [t.get("costs") for t in totals if isinstance(t.get("costs"), dict)]
+        if costs:  # the cost model the calls decided from (with the rows the matmul form was measured faster for)
+            out["cost_model"] = costs[0]
     return out
 
 

@@ -147,12 +147,13 @@ def _sync(device: torch.device) -> None:
 
 
 @torch.no_grad()
-def measure_model(model: PreTrainedModel, widths: tuple[int, ...], context: int = 64, repeats: int = 3,
+def measure_model(model: PreTrainedModel, widths: tuple[int, ...], context: int = 64, repeats: int = 4,
                   seed: int = 0, forms: bool | None = None) -> ModelCosts:
     """Time a prefill of `context` tokens and cached passes over each width after it (medians of `repeats`, the
     widths rotated each repeat), on random tokens. With `forms` (None: on a CPU) each width is timed with
-    `F.linear` and with `bild.kernels`' weight-stationary form, and the passes are those of the form
-    `weight_stationary_rows` picks. A few forwards; the model is left as it was."""
+    `F.linear` and with `bild.kernels`' weight-stationary form back to back (the form's cost is F.linear's times the
+    median ratio of those pairs), and the passes are those of the form `weight_stationary_rows` picks. A few
+    forwards (2 x widths x repeats with forms); the model is left as it was."""
     device = model.device
     forms = device.type == "cpu" if forms is None else forms
     variants = (((), "linear"), (tuple(FEW_ROWS), "stationary")) if forms else (((), "linear"),)
@@ -185,25 +186,29 @@ def measure_model(model: PreTrainedModel, widths: tuple[int, ...], context: int 
         forward(ids[:, :context], cache, 0)
         _sync(device)
         prefill.append(time.perf_counter() - t)
-    runs = [(w, rows, name) for w in widths for rows, name in variants]
-    times: dict[tuple, list[float]] = {(w, name): [] for w, _, name in runs}
+    times: dict[tuple, list[float]] = {(w, name): [] for w in widths for _, name in variants}
     for rows, _ in variants:  # warm the cached path in each form
         forward(ids[:, context:context + 1], cache, context, rows)
         cache.crop(-1)
     for r in range(repeats):
-        shift = (r * len(variants)) % len(runs)
-        for w, rows, name in runs[shift:] + runs[:shift]:
-            extra = cache.get_seq_length() - context
-            if extra > 0:
-                cache.crop(-extra)
-            _sync(device)
-            t = time.perf_counter()
-            forward(ids[:, context:context + w], cache, context, rows)
-            _sync(device)
-            times[(w, name)].append(time.perf_counter() - t)
-    med = {name: {w: statistics.median(times[(w, name)]) for w in widths} for _, name in variants}
+        # widths rotated each repeat; at each width the two forms back to back, their order swapped each repeat
+        for w in widths[r % len(widths):] + widths[:r % len(widths)]:
+            for rows, name in (variants if r % 2 == 0 else variants[::-1]):
+                extra = cache.get_seq_length() - context
+                if extra > 0:
+                    cache.crop(-extra)
+                _sync(device)
+                t = time.perf_counter()
+                forward(ids[:, context:context + w], cache, context, rows)
+                _sync(device)
+                times[(w, name)].append(time.perf_counter() - t)
+    linear = {w: statistics.median(times[(w, "linear")]) for w in widths}
+    # The weight-stationary form relative to F.linear from pairs timed back to back (a machine whose speed drifts
+    # from second to second shifts both of a pair alike), applied to F.linear's median.
+    stationary = {w: linear[w] * statistics.median(a / b for a, b in zip(times[(w, "stationary")], times[(w, "linear")]))
+                  for w in widths} if forms else {}
     dtype = str(next(model.parameters()).dtype).replace("torch.", "")
-    return ModelCosts.from_forms(med["linear"], med.get("stationary", {}), prefill[-1] / context, dtype, context)
+    return ModelCosts.from_forms(linear, stationary, prefill[-1] / context, dtype, context)
 
 
 #: small model -> large model -> {(devices, dtypes, attention, max_width): costs}, held weakly: an entry goes with its
@@ -230,9 +235,10 @@ def _key(small: PreTrainedModel, large: PreTrainedModel, max_width: int) -> tupl
 
 
 def measure_pair_costs(small: PreTrainedModel, large: PreTrainedModel, max_width: int = 11, context: int = 64,
-                       repeats: int = 3, cached: bool = True) -> PairCosts:
+                       repeats: int = 4, cached: bool = True) -> PairCosts:
     """The pair's cost model on the models' devices and dtypes. With `cached` it is measured once per process for
-    each pair, device, dtype and attention implementation (about 3 x 5 forwards of each model)."""
+    each pair, device, dtype and attention implementation (on a CPU 4 x 5 x 2 forwards of the large model, 4 x 2 of the
+    small one: every width in both matmul forms)."""
     key = _key(small, large, max_width)
     known = _known(small, large)
     if cached and key in known:

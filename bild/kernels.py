@@ -55,10 +55,12 @@ def weight_stationary_rows(linear: Mapping[int, float], stationary: Mapping[int,
                            margin: float = MARGIN) -> tuple[int, ...]:
     """Pure rule: the row counts in FEW_ROWS whose pass is cheaper in the weight-stationary form by `margin`, from
     the measured seconds of passes in each form (width -> seconds; between and past measured widths interpolated).
-    Nothing measured in the weight-stationary form: none."""
+    Nothing measured in the weight-stationary form: none; one width measured (a small model's step): that width only,
+    since nothing says how the forms scale with rows."""
     if not linear or not stationary:
         return ()
-    return tuple(r for r in FEW_ROWS if interpolate(stationary, r) < (1 - margin) * interpolate(linear, r))
+    rows = FEW_ROWS if len(stationary) > 1 else [r for r in FEW_ROWS if r in stationary]
+    return tuple(r for r in rows if interpolate(stationary, r) < (1 - margin) * interpolate(linear, r))
 
 
 def weight_stationary_linear(module: nn.Linear, x: torch.Tensor) -> torch.Tensor:

@@ -125,7 +125,8 @@ def large_alone(model, input_ids, logits_processor, stopping_criteria, generatio
         streamer.put(input_ids.cpu())
     kwargs = {k: v for k, v in model_kwargs.items() if k != "inputs_tensor"}
     start = time.perf_counter()
-    with ForwardClock(model) as clock, few_token_matmuls(model, rows):
+    steps = rows if input_ids.shape[0] in rows else ()  # its one-token steps' products take the form, or none do
+    with ForwardClock(model) as clock, few_token_matmuls(model, steps):
         out = model._sample(input_ids, logits_processor=logits_processor, stopping_criteria=stopping_criteria,
                             generation_config=generation_config, synced_gpus=False, streamer=streamer, **kwargs)
     loop_seconds = time.perf_counter() - start

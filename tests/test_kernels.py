@@ -51,6 +51,8 @@ def test_the_rule_takes_the_form_where_it_was_measured_faster_by_the_margin():
     assert weight_stationary_rows(*XEON_BF16) == (1, 3)  # 9.5% and 6.6% cheaper; 4% at 2 rows is inside the margin
     assert weight_stationary_rows(*XEON_BF16, margin=0.0) == (1, 2, 3, 4)  # 4: interpolated
     assert weight_stationary_rows(XEON_FP32[0], {}) == ()  # not compared (a GPU): never
+    assert weight_stationary_rows({1: 0.13}, {1: 0.10}) == (1,)  # one width measured: that width only
+    assert weight_stationary_rows({1: 0.13}, {1: 0.125}) == ()
     assert interpolate({1: 1.0, 3: 2.0, 5: 2.5}, 4) == pytest.approx(2.25)
     assert interpolate({1: 1.0, 3: 2.0}, 5) == pytest.approx(3.0)  # past the widest: the last slope
 
