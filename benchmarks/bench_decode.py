@@ -17,8 +17,9 @@ compared with its plain setting (speed-up, identical outputs). `large+kernels`: 
 few-row products in the form where its measured cost model chose it (what "auto" runs when it decodes with the large
 model alone): the kernels' share of a speed-up, apart from drafting's.
 
-Prompts: JSON lines with a "prompt" field, or the translation layout of the Debian data
-({"translation": {"de": ..., "en": ...}}), prompted through the chat template.
+Prompts: JSON lines with a "prompt" field, the translation layout of the Debian data
+({"translation": {"de": ..., "en": ...}}) or its summarization layout ({"document": ...}, no BLEU), prompted through
+the chat template.
 Sampling (--do_sample --temperature T --top_p P --seeds 0,1,2): every system samples with the same settings;
 each prompt runs once per seed (torch.manual_seed set to the same value before every system's call), BLEU is
 the mean over seeds and the intervals resample prompts (a prompt's seeds summed).
@@ -53,7 +54,7 @@ from bild.eval.rundir import atomic_write_json
 from bild.eval.systems import DraftVocabSpec
 from bild.hardware import pair_dtypes, rule_dtype
 from bild.kernels import few_token_matmuls
-from bild.eval.tasks import TRANSLATION
+from bild.eval.tasks import SUMMARIZATION, TRANSLATION
 from bild.eval.timing import ContentionMonitor, contention_warning, paired_bootstrap_ci, rotated
 
 TRANSLATE = "Translate the following German text to English. Reply with the translation only.\n\n{text}"
@@ -119,7 +120,12 @@ def load_prompts(args, tokenizer, device):
     references = [row["translation"]["en"] for row in rows] if all("translation" in row for row in rows) else None
     out = []
     for row in rows:
-        text = row["prompt"] if "prompt" in row else TRANSLATE.format(text=row["translation"]["de"])
+        if "prompt" in row:
+            text = row["prompt"]
+        elif "document" in row:  # the summarization layout, prompted as the summarization example script does
+            text = SUMMARIZATION.instruction(SUMMARIZATION.default_columns) + row["document"]
+        else:
+            text = TRANSLATE.format(text=row["translation"]["de"])
         if tokenizer.chat_template:
             enc = tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
                                                 return_tensors="pt", return_dict=True)
