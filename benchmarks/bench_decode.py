@@ -222,7 +222,7 @@ def systems(names: list[str], small, large, common: dict, vocab=None, tokenizer=
 
 def _with_kernels(large, rows, inputs, common):
     """As "auto" runs the large model alone (bild.plan.large_alone): the form for its one-token steps, if chosen."""
-    with few_token_matmuls(large, rows if inputs["input_ids"].shape[0] in rows else ()):
+    with few_token_matmuls(large, rows, inputs["input_ids"].shape[0]):
         return large.generate(**inputs, **common)
 
 

@@ -227,9 +227,8 @@ class ModelAdapter:
         start = time.perf_counter()
         if self.sync and self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
-        # eager forwards only (a compiled one keeps its graph), and only when this pass's products take the form
-        rows = self.kernel_rows if not width and tokens.shape[0] * T in self.kernel_rows else ()
-        with few_token_matmuls(self.model, rows):  # where measured faster on this machine: see bild.kernels
+        rows = () if width else self.kernel_rows  # eager forwards only (a compiled one keeps its graph)
+        with few_token_matmuls(self.model, rows, tokens.shape[0] * T):  # where measured faster here: bild.kernels
             logits = self._forward(forward, tokens, mask, positions, keep)  # (B, keep, V)
         if self.sync and self.device.type == "cuda":
             torch.cuda.synchronize(self.device)

@@ -124,12 +124,13 @@ def bild_generate(
     check_call_lengths(model, small_model, input_ids, inputs_tensor, generation_config.max_length, bridged)
     stopping_criteria = with_stop_strings(stopping_criteria, stop_strings, large_tokenizer, small_tokenizer)
     costs = costs_for(cfg, small_model, model, cost_model)
+    kernel_rows = pair_kernel_rows(weight_stationary, costs)
     if not drafts_at_all(cfg, costs):  # under "auto", on either path: the large model alone where drafting cannot pay
         warn_large_alone(costs, cfg, small_model, model)
         return large_alone(model, input_ids, logits_processor if logits_processor is not None else LogitsProcessorList(),
                            stopping_criteria if stopping_criteria is not None else StoppingCriteriaList(),
                            generation_config, bild_streamer, model_kwargs, _pad_token_id(generation_config), costs, cfg,
-                           pair_kernel_rows(weight_stationary, costs)["large"])
+                           kernel_rows["large"])
     fast = FastPath.build(static_cache, compile_roles(compile), cfg, generation_config.max_length, input_ids, model)
     run = Run(
         processors=logits_processor if logits_processor is not None else LogitsProcessorList(),
@@ -137,7 +138,7 @@ def bild_generate(
         cfg=cfg, max_length=generation_config.max_length, pad=_pad_token_id(generation_config),
         sampling=bool(generation_config.do_sample), generator=generator, streamer=bild_streamer, profile=bild_profile,
         cost_ratio=costs.draft_cost_ratio(cfg.max_small_steps) if costs is not None else _cost_ratio(cfg, small_model, model),
-        record=recorded_fields(generation_config), kernel_rows=pair_kernel_rows(weight_stationary, costs),
+        record=recorded_fields(generation_config), kernel_rows=kernel_rows,
     )
     if bridged:
         bridge = TokenBridge.of(small_tokenizer, large_tokenizer, small_model.generation_config.eos_token_id,

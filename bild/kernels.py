@@ -83,12 +83,13 @@ def _dispatch(module: nn.Linear, rows: frozenset[int], own):
 
 
 @contextlib.contextmanager
-def few_token_matmuls(model: nn.Module, rows: Collection[int] = ()):
+def few_token_matmuls(model: nn.Module, rows: Collection[int] = (), pass_rows: int | None = None):
     """Within the block, the model's plain nn.Linear layers (not subclasses, floating-point weights) compute a product
-    over a row count in `rows` in the weight-stationary form; nothing changes when `rows` is empty. The model is as it
-    was afterwards."""
+    over a row count in `rows` in the weight-stationary form; nothing changes when `rows` is empty, or when
+    `pass_rows` (the row count of the block's steps, where known) is not among them. The model is as it was
+    afterwards."""
     use = frozenset(rows) & frozenset(FEW_ROWS)
-    if not use:
+    if not use or (pass_rows is not None and pass_rows not in use):
         yield
         return
     linears = [m for m in model.modules() if type(m) is nn.Linear and m.weight.is_floating_point()]

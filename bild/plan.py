@@ -125,8 +125,7 @@ def large_alone(model, input_ids, logits_processor, stopping_criteria, generatio
         streamer.put(input_ids.cpu())
     kwargs = {k: v for k, v in model_kwargs.items() if k != "inputs_tensor"}
     start = time.perf_counter()
-    steps = rows if input_ids.shape[0] in rows else ()  # its one-token steps' products take the form, or none do
-    with ForwardClock(model) as clock, few_token_matmuls(model, steps):
+    with ForwardClock(model) as clock, few_token_matmuls(model, rows, input_ids.shape[0]):  # its steps' row count
         out = model._sample(input_ids, logits_processor=logits_processor, stopping_criteria=stopping_criteria,
                             generation_config=generation_config, synced_gpus=False, streamer=streamer, **kwargs)
     loop_seconds = time.perf_counter() - start

@@ -92,6 +92,8 @@ def test_only_the_chosen_row_counts_take_the_form_and_the_model_is_left_as_it_wa
     assert set(seen) == {1, 3} and seen[1] == seen[3] == len(linears)  # 6 rows (a prefill here): F.linear
     assert all(torch.allclose(want[n], got[n], atol=1e-5) for n in want)
     assert vars(linears[0])["forward"] is own and not any("forward" in vars(m) for m in linears[1:])
+    with few_token_matmuls(small, (1, 3), pass_rows=2):  # a pass whose row count is not chosen: nothing patched
+        assert not any("forward" in vars(m) for m in linears[1:])
     seen.clear()
     with few_token_matmuls(small, ()):
         assert not any("forward" in vars(m) for m in linears[1:])
