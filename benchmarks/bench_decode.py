@@ -12,7 +12,9 @@ drafts from the --draft_vocab_size tokens used most in --draft_vocab_file (`bild
 models, the first ids); `+bridge`: the same setting through the two-tokenizer path (`cross_tokenizer=True`, the large
 model's tokenizer on both sides), which measures that path's overhead; `+linear`: bild's few-row passes through plain
 `F.linear` (`weight_stationary=False`, see bild.kernels), `+ws`: through the weight-stationary form for every 1-16 rows
-(`weight_stationary=True`); the default is the rows the pair's cost model measured faster. A `+` variant is also
+(`weight_stationary=True`); the default is the rows the pair's cost model measured faster; `+noint8`: the small
+model's steps without bild.kernels' int8 weight-only draft form (`draft_int8=False`), `+int8`: with it wherever the
+kernel can take it (`draft_int8=True`). A `+` variant is also
 compared with its plain setting (speed-up, identical outputs). `large+kernels`: `large.generate` with the large model's
 few-row products in the form where its measured cost model chose it (what "auto" runs when it decodes with the large
 model alone): the kernels' share of a speed-up, apart from drafting's.
@@ -60,7 +62,8 @@ from bild.eval.timing import ContentionMonitor, contention_warning, paired_boots
 TRANSLATE = "Translate the following German text to English. Reply with the translation only.\n\n{text}"
 FAST_VARIANTS = {"static": {"static_cache": True}, "compile": {"compile": True},
                  "compile_small": {"compile": "small"}, "compile_large": {"compile": "large"},
-                 "linear": {"weight_stationary": False}, "ws": {"weight_stationary": True}}
+                 "linear": {"weight_stationary": False}, "ws": {"weight_stationary": True},
+                 "int8": {"draft_int8": True}, "noint8": {"draft_int8": False}}
 BASELINES = ("large", "assisted")
 
 

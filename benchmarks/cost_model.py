@@ -33,7 +33,7 @@ def median_costs(runs: list[ModelCosts]) -> ModelCosts:
         return {w: statistics.median(getattr(r, attr)[w] for r in runs) for w in getattr(runs[0], attr)}
     linear = med("linear_passes") or med("passes")
     return ModelCosts.from_forms(linear, med("stationary_passes"), statistics.median(r.prefill_per_token for r in runs),
-                                 runs[0].dtype, runs[0].context)
+                                 runs[0].dtype, runs[0].context, med("int8_passes"))
 
 
 def main(argv=None) -> dict:

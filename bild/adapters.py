@@ -148,6 +148,7 @@ class ModelAdapter:
         compiled_forward=None,
         sync: bool = False,
         kernel_rows: tuple[int, ...] = (),
+        int8_rows: tuple[int, ...] = (),
     ):
         self.model = model
         self.static_length = static_length  # preallocate a static KV cache of this many slots
@@ -173,6 +174,7 @@ class ModelAdapter:
         self.seconds = 0.0
         self.sync = sync  # synchronise the device around forwards when profiling
         self.kernel_rows = kernel_rows  # row counts whose passes take bild.kernels' weight-stationary form
+        self.int8_rows = int8_rows  # (a draft model) row counts whose passes take bild.kernels' int8 weight-only form
 
     def _new_cache(self):
         if self.static_length is not None:
@@ -227,8 +229,8 @@ class ModelAdapter:
         start = time.perf_counter()
         if self.sync and self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
-        rows = () if width else self.kernel_rows  # eager forwards only (a compiled one keeps its graph)
-        with few_token_matmuls(self.model, rows, tokens.shape[0] * T):  # where measured faster here: bild.kernels
+        rows, int8 = ((), ()) if width else (self.kernel_rows, self.int8_rows)  # eager only (a compiled one keeps its graph)
+        with few_token_matmuls(self.model, rows, tokens.shape[0] * T, int8):  # where measured faster here: bild.kernels
             logits = self._forward(forward, tokens, mask, positions, keep)  # (B, keep, V)
         if self.sync and self.device.type == "cuda":
             torch.cuda.synchronize(self.device)

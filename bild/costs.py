@@ -23,12 +23,13 @@ import inspect
 import statistics
 import time
 import weakref
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
+from torch import nn
 from transformers import DynamicCache, EncoderDecoderCache, PreTrainedModel
 
-from .kernels import FEW_ROWS, few_token_matmuls, interpolate, weight_stationary_rows
+from .kernels import FEW_ROWS, faster_rows, few_token_matmuls, int8_weight_usable, interpolate
 from .validation import max_positions
 
 #: drafting is worth trying only if its ceiling (every draft accepted) is at least this: real drafts are rejected
@@ -50,15 +51,33 @@ class ModelCosts:
     weight_stationary: tuple[int, ...] = ()
     linear_passes: dict[int, float] = field(default_factory=dict)
     stationary_passes: dict[int, float] = field(default_factory=dict)
+    #: a draft model's row counts whose passes take `bild.kernels`' int8 weight-only form (measured faster than the
+    #: better of the other two), and its measured seconds (empty where it was not timed: the large model never is)
+    int8_rows: tuple[int, ...] = ()
+    int8_passes: dict[int, float] = field(default_factory=dict)
 
     @classmethod
     def from_forms(cls, linear: dict[int, float], stationary: dict[int, float], prefill_per_token: float,
-                   dtype: str = "", context: int = 0) -> "ModelCosts":
-        """The costs of passes timed in both matmul forms (`stationary` empty: `F.linear` only): each width in the
-        form `bild.kernels.weight_stationary_rows` picks."""
-        rows = weight_stationary_rows(linear, stationary)
+                   dtype: str = "", context: int = 0, int8: dict[int, float] | None = None) -> "ModelCosts":
+        """The costs of passes timed in each matmul form (`stationary` empty: `F.linear` only; `int8` the draft's int8
+        weight-only form, where timed): each width in the form `bild.kernels.faster_rows` picks, first between
+        `F.linear` and the weight-stationary form, then the int8 form against that choice."""
+        rows = faster_rows(linear, stationary)
         passes = {w: stationary[w] if w in rows else t for w, t in linear.items()}
-        return cls(passes, prefill_per_token, dtype, context, rows, dict(linear) if stationary else {}, dict(stationary))
+        int8 = dict(int8 or {})
+        int8_rows = faster_rows(passes, int8)
+        passes = {w: int8[w] if w in int8_rows else t for w, t in passes.items()}
+        return cls(passes, prefill_per_token, dtype, context, rows, dict(linear) if stationary or int8 else {},
+                   dict(stationary), int8_rows, int8)
+
+    def without_int8(self) -> "ModelCosts":
+        """These costs with the int8 form left out (draft_int8=False): each width in the better of the other two."""
+        if not self.int8_rows:
+            return self
+        if not self.linear_passes:  # given costs that say nothing of the other forms: the same passes
+            return replace(self, int8_rows=(), int8_passes={})
+        return ModelCosts.from_forms(self.linear_passes, self.stationary_passes, self.prefill_per_token, self.dtype,
+                                     self.context)
 
     @property
     def step(self) -> float:
@@ -122,7 +141,8 @@ class PairCosts:
                 f"{1000 * self.large.pass_seconds(w):.1f} ms ({self.large.pass_seconds(w) / self.large.step:.2f}x a "
                 f"step), ceiling {self.ceiling(max_drafts):.2f}x (every draft accepted)"
                 + "".join(f", {role} weight-stationary over {_spans(m.weight_stationary)} rows"
-                          for role, m in (("small", self.small), ("large", self.large)) if m.weight_stationary))
+                          for role, m in (("small", self.small), ("large", self.large)) if m.weight_stationary)
+                + (f", small int8 weight-only over {_spans(self.small.int8_rows)} rows" if self.small.int8_rows else ""))
 
 
 def _spans(rows: tuple[int, ...]) -> str:
@@ -148,15 +168,18 @@ def _sync(device: torch.device) -> None:
 
 @torch.no_grad()
 def measure_model(model: PreTrainedModel, widths: tuple[int, ...], context: int = 64, repeats: int = 4,
-                  seed: int = 0, forms: bool | None = None) -> ModelCosts:
+                  seed: int = 0, forms: bool | None = None, int8: bool = False) -> ModelCosts:
     """Time a prefill of `context` tokens and cached passes over each width after it (medians of `repeats`, the
     widths rotated each repeat), on random tokens. With `forms` (None: on a CPU) each width is timed with
     `F.linear` and with `bild.kernels`' weight-stationary form back to back (the form's cost is F.linear's times the
-    median ratio of those pairs), and the passes are those of the form `weight_stationary_rows` picks. A few
-    forwards (2 x widths x repeats with forms); the model is left as it was."""
+    median ratio of those pairs), and with `int8` (a draft model; where its kernel works) in the int8 weight-only form
+    as well; the passes are those of the form `faster_rows` picks. A few forwards (2 or 3 x widths x repeats with
+    forms); the model is left as it was."""
     device = model.device
     forms = device.type == "cpu" if forms is None else forms
-    variants = (((), "linear"), (tuple(FEW_ROWS), "stationary")) if forms else (((), "linear"),)
+    int8 = int8 and forms and any(int8_weight_usable(m) for m in model.modules() if type(m) is nn.Linear)
+    variants = ((((), ()), "linear"), ((tuple(FEW_ROWS), ()), "stationary")) if forms else ((((), ()), "linear"),)
+    variants += ((((), tuple(FEW_ROWS)), "int8"),) if int8 else ()
     g = torch.Generator().manual_seed(seed)
     vocab = model.get_input_embeddings().weight.shape[0]  # valid input ids (a draft vocabulary's head has no .weight)
     ids = torch.randint(4, vocab, (1, context + max(widths)), generator=g).to(device)
@@ -173,9 +196,9 @@ def measure_model(model: PreTrainedModel, widths: tuple[int, ...], context: int 
 
     cache_kw = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
-    def forward(tokens, cache, past, rows=()):  # as bild's adapters run it, in the form `rows` says (bild.kernels)
+    def forward(tokens, cache, past, rows=((), ())):  # as bild's adapters run it, in the form `rows` says
         positions = torch.arange(past, past + tokens.shape[1], device=device)
-        with few_token_matmuls(model, rows):
+        with few_token_matmuls(model, rows[0], int8_rows=rows[1]):
             return model(**{key: tokens, cache_kw: cache}, use_cache=True, cache_position=positions, **kwargs)
 
     prefill = []
@@ -205,10 +228,12 @@ def measure_model(model: PreTrainedModel, widths: tuple[int, ...], context: int 
     linear = {w: statistics.median(times[(w, "linear")]) for w in widths}
     # The weight-stationary form relative to F.linear from pairs timed back to back (a machine whose speed drifts
     # from second to second shifts both of a pair alike), applied to F.linear's median.
-    stationary = {w: linear[w] * statistics.median(a / b for a, b in zip(times[(w, "stationary")], times[(w, "linear")]))
-                  for w in widths} if forms else {}
+    def relative(name):
+        return {w: linear[w] * statistics.median(a / b for a, b in zip(times[(w, name)], times[(w, "linear")]))
+                for w in widths}
     dtype = str(next(model.parameters()).dtype).replace("torch.", "")
-    return ModelCosts.from_forms(linear, stationary, prefill[-1] / context, dtype, context)
+    return ModelCosts.from_forms(linear, relative("stationary") if forms else {}, prefill[-1] / context, dtype, context,
+                                 relative("int8") if int8 else None)
 
 
 #: small model -> large model -> {(devices, dtypes, attention, max_width): costs}, held weakly: an entry goes with its
@@ -237,15 +262,15 @@ def _key(small: PreTrainedModel, large: PreTrainedModel, max_width: int) -> tupl
 def measure_pair_costs(small: PreTrainedModel, large: PreTrainedModel, max_width: int = 11, context: int = 64,
                        repeats: int = 4, cached: bool = True) -> PairCosts:
     """The pair's cost model on the models' devices and dtypes. With `cached` it is measured once per process for
-    each pair, device, dtype and attention implementation (on a CPU 4 x 5 x 2 forwards of the large model, 4 x 2 of the
-    small one: every width in both matmul forms)."""
+    each pair, device, dtype and attention implementation (on a CPU 4 x 5 x 2 forwards of the large model, 4 x 3 of the
+    small one: every width in both matmul forms, the small model's step in its int8 weight-only form too)."""
     key = _key(small, large, max_width)
     known = _known(small, large)
     if cached and key in known:
         return known[key]
     widths = default_widths(max_width)
     context = pair_context(small, large, max(widths), context)
-    costs = PairCosts(measure_model(small, (1,), context, repeats), measure_model(large, widths, context, repeats),
+    costs = PairCosts(measure_model(small, (1,), context, repeats, int8=True), measure_model(large, widths, context, repeats),
                       device=str(large.device))
     if cached:
         known[key] = costs

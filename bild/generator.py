@@ -15,7 +15,8 @@ from .hf import bild_generate, check_streamer, compile_roles
 from .validation import bridges_tokenizers, check_generation_config, check_pair
 
 _FORWARDED_TO_BILD = ("small_model", "custom_generate", "bild_config", "cost_model", "small_tokenizer", "large_tokenizer",
-                      "static_cache", "compile", "bild_streamer", "cross_tokenizer", "weight_stationary")
+                      "static_cache", "compile", "bild_streamer", "cross_tokenizer", "weight_stationary",
+                      "draft_int8")
 
 
 class BiLDGenerator:
@@ -39,6 +40,11 @@ class BiLDGenerator:
     weight_stationary: BiLD's passes over 1-16 rows use `bild.kernels`' weight-stationary matmul form: None (default)
     for the row counts where the pair's cost model (measured on this machine under fallback "auto") found it
     faster for that model, True always, False never (plain F.linear, as transformers).
+
+    draft_int8: the small model's passes over 1-16 rows run with its weights rounded to int8 per output channel
+    (`bild.kernels`' int8 weight-only form; an int8 copy of its weights is kept for the process): None (default) where
+    the cost model measured it faster (fallback "auto"; fixed thresholds keep the small model exactly as given), True
+    always, False never. Only the drafts change; lossless BiLD is still the large model's greedy output.
 
     draft_vocab: token ids the small model drafts from (e.g. `bild.frequent_tokens(tok, texts, 16384)`): a
     cheaper small step; the large model still verifies every token, so exactness is unchanged (see
@@ -66,6 +72,7 @@ class BiLDGenerator:
         cost_model=None,
         cross_tokenizer: bool | None = None,
         weight_stationary: bool | None = None,
+        draft_int8: bool | None = None,
     ):
         self.config = BiLDConfig(fallback_threshold, rollback_threshold, max_small_steps, keep_fallback_draft,
                                  fallback_rule, drafting_guard, cost_ratio)
@@ -75,6 +82,7 @@ class BiLDGenerator:
         self.large_tokenizer = large_tokenizer if large_tokenizer is not None else tokenizer
         self.cross_tokenizer = cross_tokenizer
         self.weight_stationary = weight_stationary  # bild.kernels: None as measured (generator.costs), True / False
+        self.draft_int8 = draft_int8  # bild.kernels' int8 draft: None as measured (generator.costs), True / False
         bridged = bridges_tokenizers(cross_tokenizer, self.small_tokenizer, self.large_tokenizer)
         check_pair(small, large, self.small_tokenizer, self.large_tokenizer, bridged)
         self.small, self.large = small, large
@@ -198,6 +206,7 @@ class BiLDGenerator:
             cost_model=self.cost_model,
             cross_tokenizer=self.cross_tokenizer,
             weight_stationary=self.weight_stationary,
+            draft_int8=self.draft_int8,
             **kwargs,
         )
 

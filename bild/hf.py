@@ -23,7 +23,7 @@ from .config import AUTO, BiLDConfig
 from .costs import PairCosts
 from .cross_decode import decode_across
 from .decode import BiLDOutput, decode
-from .plan import costs_for, drafts_at_all, large_alone, pair_kernel_rows, warn_large_alone
+from .plan import costs_for, draft_int8_rows, drafts_at_all, large_alone, pair_kernel_rows, warn_large_alone
 from .row_processors import for_rows
 from .scores import StepOutputs
 from .stats import BiLDStats
@@ -65,6 +65,7 @@ def bild_generate(
     cost_model: PairCosts | None = None,
     cross_tokenizer: bool | None = None,
     weight_stationary: bool | None = None,
+    draft_int8: bool | None = None,
     inputs_tensor: torch.Tensor | None = None,
     **model_kwargs,
 ):
@@ -110,6 +111,10 @@ def bild_generate(
     weight_stationary: passes over 1-16 rows through `bild.kernels`' weight-stationary matmul form: None (default)
         for the row counts where the pair's measured cost model found it faster for that model (fallback_threshold
         "auto" measures one; fixed thresholds measure nothing, so plain F.linear), True always, False never.
+    draft_int8: the small model's passes over 1-16 rows with its weights rounded to int8 per output channel
+        (`bild.kernels`' int8 weight-only form; a copy of its weights kept for the process): None (default) where the
+        measured cost model found it faster (fallback_threshold "auto"; fixed thresholds keep the small model as given),
+        True always, False never. Only the drafts change: lossless BiLD is still the large model's greedy output.
     bild_profile: synchronise the device around each forward so stats.forward_seconds is exact.
     """
     cfg = bild_config if bild_config is not None else BiLDConfig(fallback_threshold, rollback_threshold, max_small_steps,
@@ -123,8 +128,9 @@ def bild_generate(
         check_bridged(generation_config, cfg, static_cache, compile)
     check_call_lengths(model, small_model, input_ids, inputs_tensor, generation_config.max_length, bridged)
     stopping_criteria = with_stop_strings(stopping_criteria, stop_strings, large_tokenizer, small_tokenizer)
-    costs = costs_for(cfg, small_model, model, cost_model)
+    costs = costs_for(cfg, small_model, model, cost_model, draft_int8)
     kernel_rows = pair_kernel_rows(weight_stationary, costs)
+    int8_rows = draft_int8_rows(draft_int8, costs)
     if not drafts_at_all(cfg, costs):  # under "auto", on either path: the large model alone where drafting cannot pay
         warn_large_alone(costs, cfg, small_model, model)
         return large_alone(model, input_ids, logits_processor if logits_processor is not None else LogitsProcessorList(),
@@ -138,7 +144,7 @@ def bild_generate(
         cfg=cfg, max_length=generation_config.max_length, pad=_pad_token_id(generation_config),
         sampling=bool(generation_config.do_sample), generator=generator, streamer=bild_streamer, profile=bild_profile,
         cost_ratio=costs.draft_cost_ratio(cfg.max_small_steps) if costs is not None else _cost_ratio(cfg, small_model, model),
-        record=recorded_fields(generation_config), kernel_rows=kernel_rows,
+        record=recorded_fields(generation_config), kernel_rows=kernel_rows, int8_rows=int8_rows,
     )
     if bridged:
         bridge = TokenBridge.of(small_tokenizer, large_tokenizer, small_model.generation_config.eos_token_id,
@@ -241,9 +247,12 @@ class Run:
     record: tuple[str, ...] = ()  # per-token values to return (bild.scores)
     #: role ("small", "large") -> the row counts its passes take bild.kernels' weight-stationary form for
     kernel_rows: dict = field(default_factory=dict)
+    #: the row counts whose small-model passes take bild.kernels' int8 weight-only form (the large model's never do)
+    int8_rows: tuple[int, ...] = ()
 
     def adapter_options(self, role: str) -> dict:
-        return {"sync": self.profile, "kernel_rows": self.kernel_rows.get(role, ())}
+        return {"sync": self.profile, "kernel_rows": self.kernel_rows.get(role, ()),
+                "int8_rows": self.int8_rows if role == "small" else ()}
 
 
     def decode(self, small, large, prompt, prompt_valid, rows: list[int]):

@@ -5,6 +5,8 @@ per pair and device, with the numbers."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import time
 import warnings
 
@@ -20,11 +22,18 @@ from .stats import BiLDStats
 _WARNED: set[tuple] = set()
 
 
-def costs_for(cfg: BiLDConfig, small, large, given: PairCosts | None) -> PairCosts | None:
+def costs_for(cfg: BiLDConfig, small, large, given: PairCosts | None, draft_int8: bool | None = None
+              ) -> PairCosts | None:
     """The cost model a call decides from: the one given, else measured (once per process) under "auto" when no
-    cost_ratio fixes the costs; None otherwise (fixed thresholds never consult costs)."""
-    if given is not None:
-        return given
+    cost_ratio fixes the costs; None otherwise (fixed thresholds never consult costs). With draft_int8=False the
+    small step is the one without bild.kernels' int8 form, whatever the measurement chose."""
+    costs = given if given is not None else _measured(cfg, small, large)
+    if costs is not None and draft_int8 is False:
+        return dataclasses.replace(costs, small=costs.small.without_int8())
+    return costs
+
+
+def _measured(cfg: BiLDConfig, small, large) -> PairCosts | None:
     if cfg.fallback_threshold == AUTO and cfg.cost_ratio is None:
         try:
             return measure_pair_costs(small, large, max_width=cfg.max_small_steps + 1)
@@ -106,6 +115,12 @@ class ForwardClock:
         for hook in self._hooks:
             hook.remove()
         self._hooks = []
+
+
+def draft_int8_rows(forced: bool | None, costs: PairCosts | None) -> tuple[int, ...]:
+    """Pure: the row counts whose draft-model passes take `bild.kernels`' int8 weight-only form (forced True / False,
+    or None: what the small model's measured costs found; none without a cost model). The large model never takes it."""
+    return kernel_rows(forced, costs.small.int8_rows if costs is not None else None)
 
 
 def pair_kernel_rows(forced: bool | None, costs: PairCosts | None) -> dict[str, tuple[int, ...]]:

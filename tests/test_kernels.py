@@ -16,9 +16,10 @@ from torch import nn
 import bild.kernels as kernels
 from bild import AUTO, BiLDGenerator
 from bild.costs import ModelCosts, PairCosts, measure_model
-from bild.kernels import (FEW_ROWS, few_token_matmuls, interpolate, kernel_rows, weight_stationary_linear,
-                          weight_stationary_rows)
-from bild.plan import pair_kernel_rows
+from bild.kernels import (FEW_ROWS, faster_rows, few_token_matmuls, interpolate, kernel_rows,
+                          weight_stationary_linear)
+from bild.config import BiLDConfig
+from bild.plan import costs_for, draft_int8_rows, pair_kernel_rows
 from tiny_models import batch_inputs, injected_costs, prompts, tiny_pair
 
 
@@ -45,14 +46,14 @@ XEON_BF16 = ({1: 0.274, 2: 0.266, 3: 0.227, 5: 0.238, 11: 0.233}, {1: 0.248, 2: 
 
 
 def test_the_rule_takes_the_form_where_it_was_measured_faster_by_the_margin():
-    assert weight_stationary_rows(*ZEN5_FP32) == tuple(range(2, 17))  # every few-row pass but the one-token step
-    xeon = weight_stationary_rows(*XEON_FP32)  # loses at 2-3 rows, wins from 5 (in between: interpolated)
+    assert faster_rows(*ZEN5_FP32) == tuple(range(2, 17))  # every few-row pass but the one-token step
+    xeon = faster_rows(*XEON_FP32)  # loses at 2-3 rows, wins from 5 (in between: interpolated)
     assert 2 not in xeon and 3 not in xeon and {5, 11, 16} <= set(xeon) and xeon == tuple(range(min(xeon), 17))
-    assert weight_stationary_rows(*XEON_BF16) == (1, 3)  # 9.5% and 6.6% cheaper; 4% at 2 rows is inside the margin
-    assert weight_stationary_rows(*XEON_BF16, margin=0.0) == (1, 2, 3, 4)  # 4: interpolated
-    assert weight_stationary_rows(XEON_FP32[0], {}) == ()  # not compared (a GPU): never
-    assert weight_stationary_rows({1: 0.13}, {1: 0.10}) == (1,)  # one width measured: that width only
-    assert weight_stationary_rows({1: 0.13}, {1: 0.125}) == ()
+    assert faster_rows(*XEON_BF16) == (1, 3)  # 9.5% and 6.6% cheaper; 4% at 2 rows is inside the margin
+    assert faster_rows(*XEON_BF16, margin=0.0) == (1, 2, 3, 4)  # 4: interpolated
+    assert faster_rows(XEON_FP32[0], {}) == ()  # not compared (a GPU): never
+    assert faster_rows({1: 0.13}, {1: 0.10}) == (1,)  # one width measured: that width only
+    assert faster_rows({1: 0.13}, {1: 0.125}) == ()
     assert interpolate({1: 1.0, 3: 2.0, 5: 2.5}, 4) == pytest.approx(2.25)
     assert interpolate({1: 1.0, 3: 2.0}, 5) == pytest.approx(3.0)  # past the widest: the last slope
 
@@ -105,7 +106,7 @@ def test_measure_model_compares_both_forms_on_a_cpu_and_keeps_the_cheaper():
     _, large = tiny_pair("llama", "agree")
     costs = measure_model(large, (1, 2, 3, 5), context=8, repeats=2)
     assert sorted(costs.linear_passes) == sorted(costs.stationary_passes) == [1, 2, 3, 5]
-    assert costs.weight_stationary == weight_stationary_rows(costs.linear_passes, costs.stationary_passes)
+    assert costs.weight_stationary == faster_rows(costs.linear_passes, costs.stationary_passes)
     for w, s in costs.passes.items():
         assert s == (costs.stationary_passes[w] if w in costs.weight_stationary else costs.linear_passes[w])
     plain = measure_model(large, (1, 2), context=8, repeats=1, forms=False)
@@ -159,3 +160,92 @@ def test_forced_on_and_off_and_fixed_thresholds_measure_nothing(monkeypatch):
     seen.clear()
     BiLDGenerator(small16, large16, 0.3, 0.0, 6, weight_stationary=True).generate(**inputs, max_new_tokens=12)
     assert seen[1]  # any floating-point dtype takes it when the rule (here: forced) says so
+
+
+# ---- the draft model's int8 weight-only form -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_int8_weight_linear_approximates_the_layer_and_keeps_its_copy_until_the_weight_changes(dtype):
+    torch.manual_seed(0)
+    layer = nn.Linear(64, 48).to(dtype)
+    assert kernels.int8_weight_usable(layer)
+    for shape in ((1, 64), (3, 64), (2, 5, 64)):
+        x = torch.randn(*shape).to(dtype)
+        want, got = layer(x).float(), kernels.int8_weight_linear(layer, x).float()
+        assert got.shape == want.shape
+        assert (got - want).abs().max() <= 0.03 * want.abs().max()  # per-channel rounding of the weight: ~1%
+    q, scales = kernels.int8_weights(layer)
+    assert q.dtype == torch.int8 and scales.dtype == dtype and kernels.int8_weights(layer)[0] is q  # kept
+    with torch.no_grad():
+        layer.weight.mul_(2)  # an in-place update: a new copy
+    q2, scales2 = kernels.int8_weights(layer)
+    assert q2 is not q and torch.allclose(scales2.float(), 2 * scales.float(), rtol=1e-2)
+    layer.weight = nn.Parameter(layer.weight.detach().clone())  # a new tensor: a new copy
+    assert kernels.int8_weights(layer)[0] is not q2
+
+
+def test_int8_form_only_for_layers_its_kernel_computes_right():
+    assert not kernels.int8_weight_usable(nn.Linear(40, 48).to(torch.bfloat16))  # input width not a multiple of 32
+
+    class Sub(nn.Linear):
+        pass
+    assert not kernels.int8_weight_usable(Sub(64, 48))
+
+
+def test_the_int8_form_is_chosen_against_the_better_of_the_other_two():
+    costs = ModelCosts.from_forms({1: 0.124}, {1: 0.112}, 0.0, int8={1: 0.077})
+    assert costs.weight_stationary == (1,) and costs.int8_rows == (1,) and costs.step == 0.077
+    off = costs.without_int8()  # draft_int8=False: the small step the call then runs
+    assert off.step == 0.112 and off.int8_rows == () and off.weight_stationary == (1,)
+    pair = PairCosts(costs, ModelCosts({1: 0.2}, 0.0))
+    assert costs_for(BiLDConfig(AUTO), None, None, pair, draft_int8=False).small.step == 0.112
+    assert costs_for(BiLDConfig(AUTO), None, None, pair).small.step == 0.077
+    close = ModelCosts.from_forms({1: 0.124}, {1: 0.100}, 0.0, int8={1: 0.098})  # within the margin of the better
+    assert close.int8_rows == () and close.step == 0.100
+    assert ModelCosts.from_forms({1: 0.124}, {1: 0.13}, 0.0).int8_rows == ()  # not timed: never
+    costs = PairCosts(ModelCosts({1: 0.05}, 0.0, int8_rows=(1,)), ModelCosts({1: 0.2}, 0.0, int8_rows=(1,)))
+    assert draft_int8_rows(None, costs) == (1,) and draft_int8_rows(None, None) == ()
+    assert draft_int8_rows(True, None) == tuple(FEW_ROWS) and draft_int8_rows(False, costs) == ()
+    assert "small int8 weight-only over 1 rows" in costs.summary(4)
+
+
+def _count_int8(monkeypatch) -> Counter:
+    """Modules whose products were computed in the int8 form, by their model's role (filled by the test)."""
+    seen = Counter()
+    real = kernels.int8_weight_linear
+    monkeypatch.setattr(kernels, "int8_weight_linear", lambda m, x: seen.update([m]) or real(m, x))
+    return seen
+
+
+def test_measure_model_times_the_int8_form_for_a_draft_and_leaves_the_model_as_it_was():
+    small, _ = tiny_pair("llama", "agree")
+    costs = measure_model(small, (1,), context=8, repeats=2, int8=True)
+    assert list(costs.int8_passes) == [1]
+    base = {1: costs.stationary_passes[1] if costs.weight_stationary else costs.linear_passes[1]}
+    assert costs.int8_rows == faster_rows(base, costs.int8_passes)
+    assert costs.passes[1] == (costs.int8_passes[1] if costs.int8_rows else base[1])
+    assert not any("forward" in vars(m) for m in small.modules())
+    assert measure_model(small, (1,), context=8, repeats=1).int8_passes == {}  # not asked (a large model): not timed
+
+
+@pytest.mark.parametrize("arch", ["llama", "t5"])
+def test_lossless_bild_with_an_int8_draft_stays_large_greedy_and_the_large_model_never_takes_it(monkeypatch, arch):
+    seen = _count_int8(monkeypatch)
+    small, large = tiny_pair(arch, "agree")
+    inputs = batch_inputs(prompts(2, seed=3), arch == "t5")
+    want = large.generate(**inputs, do_sample=False, max_new_tokens=20)
+    costs = injected_costs(1.0)
+    costs = dataclasses.replace(costs, small=dataclasses.replace(costs.small, int8_rows=tuple(FEW_ROWS)))
+    out = BiLDGenerator(small, large, AUTO, 0.0, 6, cost_model=costs).generate(
+        **inputs, max_new_tokens=20, return_dict_in_generate=True)
+    assert torch.equal(out.sequences, want) and max(out.stats.accepted_drafts) > 0
+    small_linears = {m for m in small.modules() if type(m) is nn.Linear}
+    assert seen and set(seen) <= small_linears  # the drafts took it; no large-model product did
+    seen.clear()
+    forced = BiLDGenerator(small, large, 0.3, 0.0, 6, draft_int8=True).generate(**inputs, max_new_tokens=20)
+    assert torch.equal(forced, want) and seen and set(seen) <= small_linears
+    seen.clear()
+    BiLDGenerator(small, large, 0.3, 0.0, 6).generate(**inputs, max_new_tokens=20)
+    assert not seen  # fixed thresholds: the small model exactly as given
+    BiLDGenerator(small, large, AUTO, 0.0, 6, cost_model=costs, draft_int8=False).generate(**inputs, max_new_tokens=20)
+    assert not seen
