@@ -161,6 +161,10 @@ def default_widths(max_width: int) -> tuple[int, ...]:
     return tuple(sorted({w for w in (1, 2, 3, 5, max_width) if 1 <= w <= max_width}))
 
 
+#: the matmul forms `measure_model` times, as `bild.kernels.few_token_matmuls` arguments
+_FORM_ROWS = {"linear": {}, "stationary": {"rows": tuple(FEW_ROWS)}, "int8": {"int8_rows": tuple(FEW_ROWS)}}
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -178,8 +182,7 @@ def measure_model(model: PreTrainedModel, widths: tuple[int, ...], context: int 
     device = model.device
     forms = device.type == "cpu" if forms is None else forms
     int8 = int8 and forms and any(int8_weight_usable(m) for m in model.modules() if type(m) is nn.Linear)
-    variants = ((((), ()), "linear"), ((tuple(FEW_ROWS), ()), "stationary")) if forms else ((((), ()), "linear"),)
-    variants += ((((), tuple(FEW_ROWS)), "int8"),) if int8 else ()
+    variants = ("linear", "stationary", "int8")[:3 if int8 else 2 if forms else 1]  # the forms timed
     g = torch.Generator().manual_seed(seed)
     vocab = model.get_input_embeddings().weight.shape[0]  # valid input ids (a draft vocabulary's head has no .weight)
     ids = torch.randint(4, vocab, (1, context + max(widths)), generator=g).to(device)
@@ -196,9 +199,9 @@ def measure_model(model: PreTrainedModel, widths: tuple[int, ...], context: int 
 
     cache_kw = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
-    def forward(tokens, cache, past, rows=((), ())):  # as bild's adapters run it, in the form `rows` says
+    def forward(tokens, cache, past, form="linear"):  # as bild's adapters run it, in that form
         positions = torch.arange(past, past + tokens.shape[1], device=device)
-        with few_token_matmuls(model, rows[0], int8_rows=rows[1]):
+        with few_token_matmuls(model, **_FORM_ROWS[form]):
             return model(**{key: tokens, cache_kw: cache}, use_cache=True, cache_position=positions, **kwargs)
 
     prefill = []
@@ -209,24 +212,24 @@ def measure_model(model: PreTrainedModel, widths: tuple[int, ...], context: int 
         forward(ids[:, :context], cache, 0)
         _sync(device)
         prefill.append(time.perf_counter() - t)
-    times: dict[tuple, list[float]] = {(w, name): [] for w in widths for _, name in variants}
-    for rows, _ in variants:  # warm the cached path in each form
-        forward(ids[:, context:context + 1], cache, context, rows)
+    times: dict[tuple, list[float]] = {(w, name): [] for w in widths for name in variants}
+    for name in variants:  # warm the cached path in each form
+        forward(ids[:, context:context + 1], cache, context, name)
         cache.crop(-1)
     for r in range(repeats):
-        # widths rotated each repeat; at each width the two forms back to back, their order swapped each repeat
+        # widths rotated each repeat; at each width the forms back to back, their order reversed every other repeat
         for w in widths[r % len(widths):] + widths[:r % len(widths)]:
-            for rows, name in (variants if r % 2 == 0 else variants[::-1]):
+            for name in (variants if r % 2 == 0 else variants[::-1]):
                 extra = cache.get_seq_length() - context
                 if extra > 0:
                     cache.crop(-extra)
                 _sync(device)
                 t = time.perf_counter()
-                forward(ids[:, context:context + w], cache, context, rows)
+                forward(ids[:, context:context + w], cache, context, name)
                 _sync(device)
                 times[(w, name)].append(time.perf_counter() - t)
     linear = {w: statistics.median(times[(w, "linear")]) for w in widths}
-    # The weight-stationary form relative to F.linear from pairs timed back to back (a machine whose speed drifts
+    # Each other form relative to F.linear from pairs timed back to back (a machine whose speed drifts
     # from second to second shifts both of a pair alike), applied to F.linear's median.
     def relative(name):
         return {w: linear[w] * statistics.median(a / b for a, b in zip(times[(w, name)], times[(w, "linear")]))

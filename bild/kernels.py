@@ -144,7 +144,7 @@ def int8_weight_linear(module: nn.Linear, x: torch.Tensor) -> torch.Tensor:
 
 
 def _dispatch(module: nn.Linear, rows: frozenset[int], int8_rows: frozenset[int], own):
-    int8_rows = int8_rows if int8_weight_usable(module) else frozenset()
+    int8_rows = int8_rows if int8_rows and int8_weight_usable(module) else frozenset()
 
     def forward(x: torch.Tensor) -> torch.Tensor:
         n = x.numel() // x.shape[-1] if x.shape[-1] else 0
