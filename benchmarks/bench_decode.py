@@ -86,7 +86,7 @@ def parse_args(argv=None):
     p.add_argument("--top_k", type=int, default=0, help="with --do_sample (0: off, unlike transformers' 50)")
     p.add_argument("--seeds", default="0", help="comma-separated seeds, with --do_sample: BLEU is their mean")
     p.add_argument("--draft_vocab_file",
-                   help="JSON lines in the translation layout whose English side chooses +vocab's tokens")
+                   help="JSON lines (translation or summarization layout) whose references choose +vocab's tokens")
     p.add_argument("--draft_vocab_size", type=int, default=16384, help="tokens a +vocab drafter scores")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--report_partial", metavar="PARTIAL_JSON",
@@ -168,13 +168,17 @@ def parse_bild(spec: str, draft_vocab=None) -> tuple[dict, dict]:
 
 
 def draft_vocab(args, tokenizer, vocab_size: int):
-    """+vocab's token ids: the most used tokens of --draft_vocab_file's English references (the example scripts'
-    DraftVocabSpec), or the tiny models' first ids."""
+    """+vocab's token ids: the most used tokens of --draft_vocab_file's references (the example scripts'
+    DraftVocabSpec; the English side of the translation layout, the "summary" of the summarization layout), or the
+    tiny models' first ids."""
     if tokenizer is None or not args.draft_vocab_file:
         if tokenizer is not None:
             raise SystemExit("+vocab needs --draft_vocab_file (e.g. the task's training file)")
         return list(range(min(args.draft_vocab_size, vocab_size)))
-    return DraftVocabSpec(args.draft_vocab_size, args.draft_vocab_file).token_ids(TRANSLATION, ("de", "en"), tokenizer)
+    with open(args.draft_vocab_file) as f:
+        first = json.loads(f.readline())
+    task, columns = (TRANSLATION, ("de", "en")) if "translation" in first else (SUMMARIZATION, ("document", "summary"))
+    return DraftVocabSpec(args.draft_vocab_size, args.draft_vocab_file).token_ids(task, columns, tokenizer)
 
 
 def decoding_kwargs(args) -> dict:

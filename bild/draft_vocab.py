@@ -26,19 +26,26 @@ from torch import nn
 
 
 class SubsetHead(nn.Module):
-    """An output layer over chosen rows: their logits in place, -inf for every other token (V columns in all)."""
+    """An output layer over chosen rows: their logits in place, -inf for every other token (V columns in all).
+
+    The chosen rows are a plain `nn.Linear` (`sub`), so the forms `bild.kernels` measures for the drafter's products
+    (the int8 weight-only form above all) apply to it as to every other layer of the small model."""
 
     def __init__(self, head: nn.Linear, token_ids: torch.Tensor):
         super().__init__()
         device = head.weight.device
         self.out_features = head.out_features
         self.register_buffer("token_ids", token_ids.to(device), persistent=False)
-        self.sub_weight = nn.Parameter(head.weight.detach()[self.token_ids].clone(), requires_grad=False)
-        self.sub_bias = (None if head.bias is None
-                         else nn.Parameter(head.bias.detach()[self.token_ids].clone(), requires_grad=False))
+        self.sub = nn.Linear(head.in_features, len(token_ids), bias=head.bias is not None,
+                             device=device, dtype=head.weight.dtype)
+        self.sub.requires_grad_(False)
+        with torch.no_grad():
+            self.sub.weight.copy_(head.weight.detach()[self.token_ids])
+            if head.bias is not None:
+                self.sub.bias.copy_(head.bias.detach()[self.token_ids])
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        sub = nn.functional.linear(hidden.to(self.sub_weight.device), self.sub_weight, self.sub_bias)
+        sub = self.sub(hidden.to(self.sub.weight.device))
         out = sub.new_full((*sub.shape[:-1], self.out_features), float("-inf"))
         return out.index_copy_(-1, self.token_ids, sub)
 

@@ -14,7 +14,7 @@ from .eval.rundir import atomic_write_text
 
 # Quality columns of both tasks; each row has those of its task.
 QUALITY_KEYS = ("bleu", "chrf", "rouge1", "rouge2", "rougeL", "rougeLsum")
-CSV_COLUMNS = ("point", "system", "fallback_threshold", "rollback_threshold", "quality", "quality_delta", "speedup",
+CSV_COLUMNS = ("point", "system", "fallback_threshold", "rollback_threshold", "draft_vocab", "quality", "quality_delta", "speedup",
                "speedup_ci90",
                "slower_than_large", "on_frontier", "recommended", "timed_with_large", "total_latency_s",
                "ms_per_token", "tokens_per_s", "new_tokens", "mean_tokens_per_large_call", "fallback_rate",

@@ -2,19 +2,23 @@
 
     bild sweep --small SMALL --large LARGE --task translation --validation_file debian-de-en.validation.jsonl \\
         --fallback 0.3,0.5,0.7,0.9 --rollback 1,2,3,5,inf --max_samples 200
+    bild sweep ... --fallback auto --rollback 0,2 --draft_vocab 0,16384 --train_file debian-de-en.train.jsonl
 
 One loaded pair of models generates the same examples greedily with the large model (the reference
 for speed and quality), with the small model, and with BiLD at every (fallback, rollback) point.
 Each point is reported with its quality, its speed-up over the large model, the tokens committed
 per large-model call and its fallback and rollback rates; the Pareto frontier of speed-up against
 quality is drawn, and the fastest point within `--max_quality_drop` of the large model's quality is
-recommended, as the command line that uses it.
+recommended, as the command line that uses it. `--draft_vocab` adds a third axis: each point drafting from the
+whole vocabulary (0) and from the N tokens used most in the training references (`bild.draft_vocab`; a cheaper
+small step, exactness unchanged).
 
 Files under --output_dir (rerun with the same folder to resume; a finished point is never redone):
     config.json                             settings, grid, versions; its fingerprint guards resuming
     predictions_large.jsonl                 the large model alone (the reference)
     predictions_small.jsonl                 the small model alone
-    points/<fb>_<rb>/predictions_bild.jsonl BiLD at fallback <fb>, rollback <rb> (e.g. points/0.5_inf/)
+    points/<fb>_<rb>/predictions_bild.jsonl BiLD at fallback <fb>, rollback <rb> (e.g. points/0.5_inf/;
+                                            points/<fb>_<rb>_v<N>/ with a draft vocabulary of N tokens)
     timing.json                             which run of the command timed each system
     sweep.json, sweep.csv                   one row per system (large, small, every point)
     sweep.png                               speed-up against quality, frontier and references
@@ -51,7 +55,7 @@ from .eval.rundir import RunDir, atomic_write_json
 from .eval.rundir import fingerprint as fingerprint_of
 from .eval.runner import TIMING, System, run_systems
 from .eval.timing import ContentionMonitor, contention_warning, paired_bootstrap_ci
-from .eval.systems import ModelSpec, cpu_only, load_models, resolve_device
+from .eval.systems import DraftVocabSpec, ModelSpec, cpu_only, load_models, resolve_device
 from .eval.tasks import Task
 from .frontier import bild_rates, format_threshold, json_safe, mark, point_name, threshold_grid, write_csv
 from .sweep_plot import plot_sweep
@@ -71,6 +75,7 @@ class Job:
     system: str  # the system's (and file's) name: "large", "small" or "bild"
     run_dir: RunDir  # where its predictions_<system>.jsonl lives
     config: BiLDConfig | None = None  # thresholds of a BiLD point
+    draft_vocab: int = 0  # a BiLD point's draft vocabulary: its N most used tokens (0: the whole vocabulary)
 
     @property
     def folder(self) -> Path:
@@ -81,13 +86,20 @@ class Job:
         if self.config is None:
             return self.key
         fb, rb = self.config.fallback_threshold, self.config.rollback_threshold
-        return f"fb {format_threshold(fb)} / rb {format_threshold(rb)}"
+        vocab = f" / vocab {self.draft_vocab}" if self.draft_vocab else ""
+        return f"fb {format_threshold(fb)} / rb {format_threshold(rb)}{vocab}"
 
 
-def sweep_jobs(run_dir: RunDir, grid: list[BiLDConfig]) -> list[Job]:
-    """Large first (the reference), then small, then the grid in order."""
+def job_name(config: BiLDConfig, draft_vocab: int = 0) -> str:
+    """A point's name: fallback_rollback, and _v<N> with a draft vocabulary of N tokens (0: none, the plain name)."""
+    return point_name(config) + (f"_v{draft_vocab}" if draft_vocab else "")
+
+
+def sweep_jobs(run_dir: RunDir, grid: list[BiLDConfig], draft_vocabs: tuple[int, ...] = (0,)) -> list[Job]:
+    """Large first (the reference), then small, then the grid in order (each point at each draft vocabulary size)."""
     references = [Job(name, name, run_dir) for name in ("large", "small")]
-    return references + [Job(point_name(c), "bild", run_dir.child("points", point_name(c)), c) for c in grid]
+    return references + [Job(job_name(c, v), "bild", run_dir.child("points", job_name(c, v)), c, v)
+                         for c in grid for v in draft_vocabs]
 
 
 def is_finished(job: Job, examples: list[Example]) -> bool:
@@ -115,10 +127,14 @@ def generate_pending(jobs: list[Job], spec: "SweepSpec", examples: list[Example]
     device = resolve_device(spec.models.device, state)
     loaded = load_models({"small": spec.small, "large": spec.large}, spec.models, device)
     ctx = run_context(spec.task, loaded, spec.data, spec.prompt, spec.generation, state)
+    vocabs = {size: DraftVocabSpec(size, spec.draft_vocab_file).token_ids(spec.task, spec.data.columns,
+                                                                          loaded.reference_tokenizer(), ctx.eos_ids)
+              for size in sorted({job.draft_vocab for job in jobs} - {0})}
     for job in jobs:
         # Noted before generating, so that a run interrupted half-way still counts as one of the job's runs.
         record_run(output_dir, job.key, run_id)
-    systems = [System(job.system, loaded.system(job.system, job.config or BiLDConfig()), job.run_dir) for job in jobs]
+    systems = [System(job.system, loaded.system(job.system, job.config or BiLDConfig(), vocabs.get(job.draft_vocab)),
+                      job.run_dir) for job in jobs]
     run_systems(systems, examples, ctx, desc=f"sweep ({len(jobs)} systems)")
 
 
@@ -136,6 +152,7 @@ def job_row(task: Task, job: Job, metrics: dict, large: dict, metric: str, timed
         "system": job.system,
         "fallback_threshold": config.fallback_threshold if config else None,
         "rollback_threshold": config.rollback_threshold if config else None,
+        "draft_vocab": job.draft_vocab or None,
         "quality": quality[metric],
         "quality_delta": quality[metric] - large["quality"][metric],
         "speedup": large["total_latency_s"] / metrics["total_latency_s"],
@@ -194,13 +211,19 @@ class SweepSpec:
     output_dir: str | None = None
     overwrite: bool = False
     options: dict = dataclasses.field(default_factory=dict)  # the command line's options, for config.json
+    draft_vocabs: tuple[int, ...] = (0,)  # draft vocabulary sizes every point runs at (0: the whole vocabulary)
+    draft_vocab_file: str | None = None  # whose references choose a draft vocabulary's tokens (training data)
 
 
 def sweep_settings(spec: SweepSpec, device) -> dict:
-    """The example scripts' generation settings, without the thresholds: those vary by point."""
-    return generation_settings(spec.task, {"small": spec.small, "large": spec.large},
-                               {"max_small_steps": spec.max_small_steps}, spec.data, spec.prompt, spec.generation,
-                               spec.models, device, 1)
+    """The example scripts' generation settings, without the thresholds: those vary by point (and the file that
+    chooses draft vocabularies, where the grid has any: it changes their points' drafts)."""
+    settings = generation_settings(spec.task, {"small": spec.small, "large": spec.large},
+                                   {"max_small_steps": spec.max_small_steps}, spec.data, spec.prompt, spec.generation,
+                                   spec.models, device, 1)
+    if any(spec.draft_vocabs):
+        settings["draft_vocab_file"] = spec.draft_vocab_file
+    return settings
 
 
 def sweep_run_dir(path: Path) -> RunDir:
@@ -208,12 +231,15 @@ def sweep_run_dir(path: Path) -> RunDir:
                   what="a sweep")
 
 
-def usage_command(spec: SweepSpec, config: BiLDConfig) -> str:
-    """The example script's command line that runs BiLD at `config` with the sweep's models, data and prompts."""
+def usage_command(spec: SweepSpec, config: BiLDConfig, draft_vocab: int = 0) -> str:
+    """The example script's command line that runs BiLD at `config` (and `draft_vocab`) with the sweep's models, data
+    and prompts."""
     parts = ["python", f"examples/run_bild_{spec.task.name}.py", "--small", spec.small, "--large", spec.large,
              "--bild_fallback", format_threshold(config.fallback_threshold),
              "--bild_rollback", format_threshold(config.rollback_threshold),
              "--max_small_steps", str(config.max_small_steps)]
+    if draft_vocab:
+        parts += ["--bild_draft_vocab", str(draft_vocab), "--bild_draft_vocab_file", str(spec.draft_vocab_file)]
     data, prompt = spec.data, spec.prompt
     options = {"dataset_name": data.dataset_name, "dataset_config": data.dataset_config,
                **{f"{split}_file": data.files.get(split) for split in SPLITS}, "split": data.split,
@@ -245,13 +271,19 @@ def run_sweep(spec: SweepSpec) -> dict:
     settings = sweep_settings(spec, device)
     run_dir = sweep_run_dir(Path(spec.output_dir or f"runs/sweep-{task.name}-{fingerprint_of(settings)}"))
     output_dir = run_dir.path
-    run_dir.start(settings, spec.overwrite, grid=[point_name(c) for c in grid], args=json_safe(spec.options),
+    if any(spec.draft_vocabs) and not spec.draft_vocab_file:
+        raise SystemExit("bild sweep --draft_vocab N needs a --draft_vocab_file (or --train_file) whose references "
+                         "choose the tokens.")
+    if any(spec.draft_vocabs) and spec.data.files.get(spec.data.resolved_split) == spec.draft_vocab_file:
+        raise SystemExit("--draft_vocab_file is the file swept on: choose the tokens on training data.")
+    run_dir.start(settings, spec.overwrite, grid=[job_name(c, v) for c in grid for v in spec.draft_vocabs],
+                  args=json_safe(spec.options),
                   argv=sys.argv[1:], environment=environment(device, 1), timing=TIMING)
     examples = load_examples(task, spec.data)
     if not examples:
         raise SystemExit("No examples to sweep over: the split is empty or --max_samples is 0.")
 
-    jobs = sweep_jobs(run_dir, grid)
+    jobs = sweep_jobs(run_dir, grid, spec.draft_vocabs)
     pending = [job for job in jobs if not is_finished(job, examples)]
     contention = None  # nothing generated by this invocation
     if pending:  # a finished sweep is re-tabulated without loading the models
@@ -276,7 +308,8 @@ def run_sweep(spec: SweepSpec) -> dict:
         "frontier": [f["point"] for f in frontier],
         "recommended": recommended["point"] if recommended else None,
         "command": None if recommended is None else usage_command(spec, BiLDConfig(
-            recommended["fallback_threshold"], recommended["rollback_threshold"], spec.max_small_steps)),
+            recommended["fallback_threshold"], recommended["rollback_threshold"], spec.max_small_steps),
+            recommended["draft_vocab"] or 0),
     }
     result = json_safe(result)
     atomic_write_json(output_dir / "sweep.json", result)

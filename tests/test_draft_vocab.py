@@ -140,3 +140,22 @@ def test_the_cost_model_measures_a_restricted_drafter():
     costs = measure_pair_costs(restrict_draft_vocab(small, SUBSET), large, max_width=3, context=8, repeats=1,
                                cached=False)
     assert costs.small.step > 0 and sorted(costs.large.passes) == [1, 2, 3]
+
+
+@pytest.mark.parametrize("arch", ["llama", "t5"])
+def test_a_restricted_drafters_head_takes_the_int8_draft_form_and_lossless_stays_large_greedy(monkeypatch, arch):
+    """The subset head's product is a plain nn.Linear, so bild.kernels' int8 draft form reaches it like every other
+    layer of the small model; the large model checks every draft, so lossless output is unchanged."""
+    import bild.kernels as kernels
+
+    seen = []
+    real = kernels.int8_weight_linear
+    monkeypatch.setattr(kernels, "int8_weight_linear", lambda m, x: seen.append(m) or real(m, x))
+    small, large = tiny_pair(arch, mode="agree", seed=2, noise=0.05)
+    inputs = batch_inputs(prompts(2, seed=4), small.config.is_encoder_decoder)
+    expected = large.generate(**inputs, do_sample=False, max_new_tokens=12)
+    gen = BiLDGenerator(small, large, 0.3, 0.0, 4, draft_vocab=SUBSET, draft_int8=True)
+    assert torch.equal(gen.generate(**inputs, max_new_tokens=12), expected)
+    head = gen.drafter.get_output_embeddings()
+    assert isinstance(head, SubsetHead) and head.sub in seen
+    assert not any(m in seen for m in large.modules())

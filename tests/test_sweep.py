@@ -17,7 +17,7 @@ from bild import frontier, sweep, sweep_plot
 from bild.cli import main as cli_main
 from bild.eval import cli, runner, systems
 from bild.eval.rundir import read_records
-from bild.eval.tasks import SUMMARIZATION
+from bild.eval.tasks import SUMMARIZATION, TRANSLATION
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -59,6 +59,37 @@ def test_a_sweep_runs_the_auto_point(decoder_pair, de_en, tmp_path):
     large_row, _, auto = json.loads((out / "sweep.json").read_text())["rows"]
     assert auto["point"] == "auto_0" and auto["fallback_threshold"] == "auto"
     assert auto["chrf"] == pytest.approx(large_row["chrf"])  # lossless
+
+
+def test_a_sweep_crosses_every_point_with_each_draft_vocabulary(decoder_pair, de_en, tmp_path):
+    """--draft_vocab 0,N: each point runs drafting from the whole vocabulary and from the N tokens used most in the
+    training references; a lossless point stays the large model's output at both; the recommended command carries
+    the vocabulary, and the file swept on is refused as its source."""
+    train = write_lines(tmp_path / "de-en.train.jsonl", TRANSLATION_SAMPLE, 4)
+    out = tmp_path / "out"
+    args = sweep_argv(decoder_pair, de_en, out, "--fallback", "0.4", "--rollback", "0", "--max_samples", "2",
+                      "--draft_vocab", "0,40", "--train_file", str(train), "--split", "validation", "--metric", "chrf")
+    assert cli_main(args) == 0
+    result = json.loads((out / "sweep.json").read_text())
+    large_row, _, plain, vocab = result["rows"]
+    assert (plain["point"], vocab["point"]) == ("0.4_0", "0.4_0_v40")
+    assert (plain["draft_vocab"], vocab["draft_vocab"]) == (None, 40)
+    large_out = [r["prediction"] for r in read_records(out / "predictions_large.jsonl")]
+    assert [r["prediction"] for r in read_records(out / "points" / "0.4_0_v40" / "predictions_bild.jsonl")] == large_out
+    config = json.loads((out / "config.json").read_text())
+    assert config["grid"] == ["0.4_0", "0.4_0_v40"] and config["settings"]["draft_vocab_file"] == str(train)
+    spec = cli.sweep_spec(cli.sweep_parser().parse_args(args[1:]))
+    words = shlex.split(sweep.usage_command(spec, sweep.BiLDConfig(0.4, 0.0), 40))
+    parsed = cli.build_parser(TRANSLATION).parse_args(words[2:])
+    assert (parsed.bild_draft_vocab, parsed.bild_draft_vocab_file) == (40, str(train))
+    with pytest.raises(SystemExit, match="file swept on"):
+        cli_main(sweep_argv(decoder_pair, de_en, tmp_path / "o2", "--fallback", "0.4", "--rollback", "0",
+                            "--draft_vocab", "16", "--draft_vocab_file", str(de_en)))
+    with pytest.raises(SystemExit, match="needs a --draft_vocab_file"):
+        cli_main(sweep_argv(decoder_pair, de_en, tmp_path / "o3", "--fallback", "0.4", "--rollback", "0",
+                            "--draft_vocab", "16"))
+    with pytest.raises(SystemExit):
+        cli.sweep_parser().parse_args(["--small", "s", "--large", "l", "--draft_vocab", "-1"])
 
 
 def test_threshold_grid_validates_and_names_points():

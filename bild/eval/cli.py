@@ -237,6 +237,13 @@ def sweep_parser(subparsers=None) -> argparse.ArgumentParser:
                            "rougeL for summarization)")
     grid.add_argument("--max_quality_drop", type=float, default=0.5,
                       help="recommend the fastest point at most this many metric points below the large model")
+    grid.add_argument("--draft_vocab", type=vocab_sizes, default=(0,),
+                      help="comma-separated draft vocabulary sizes every point runs at: N, the small model drafts "
+                           "from the N tokens used most in --draft_vocab_file's references (a cheaper small step; "
+                           "exactness unchanged); 0, from the whole vocabulary (default 0)")
+    grid.add_argument("--draft_vocab_file", default=None,
+                      help="JSON Lines file whose references choose --draft_vocab's tokens (None: --train_file); "
+                           "never the file swept on")
     add_data_arguments(parser, None, split_help="split to sweep over (None: validation, else test, else train)")
     add_prompt_arguments(parser, None, batch_help="generation batch size of every system")
     add_output_arguments(parser, "where everything goes; rerun with the same folder to resume "
@@ -262,7 +269,19 @@ def sweep_spec(args: argparse.Namespace) -> sweep.SweepSpec:
     return sweep.SweepSpec(task, args.small, args.large, tuple(args.fallback), tuple(args.rollback),
                            args.max_small_steps, metric, args.max_quality_drop, data_spec(task, args, split),
                            prompt_spec(args), generation_spec(task, args), model_spec(args), args.output_dir,
-                           args.overwrite_output_dir, options(args))
+                           args.overwrite_output_dir, options(args), tuple(args.draft_vocab),
+                           args.draft_vocab_file or args.train_file)
+
+
+def vocab_sizes(text: str) -> tuple[int, ...]:
+    """'0,16384' -> (0, 16384): draft vocabulary sizes, 0 for the whole vocabulary; repeats dropped."""
+    try:
+        sizes = [int(item) for item in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of token counts") from None
+    if any(size < 0 for size in sizes):
+        raise argparse.ArgumentTypeError("draft vocabulary sizes are >= 0 (0: the whole vocabulary)")
+    return tuple(dict.fromkeys(sizes))
 
 
 def align_parser(subparsers=None) -> argparse.ArgumentParser:
