@@ -142,7 +142,8 @@ class PairCosts:
                 f"step), ceiling {self.ceiling(max_drafts):.2f}x (every draft accepted)"
                 + "".join(f", {role} weight-stationary over {_spans(m.weight_stationary)} rows"
                           for role, m in (("small", self.small), ("large", self.large)) if m.weight_stationary)
-                + (f", small int8 weight-only over {_spans(self.small.int8_rows)} rows" if self.small.int8_rows else ""))
+                + (f", small int8 weight-only over {_spans(self.small.int8_rows)} rows" if self.small.int8_rows else "")
+                + (f"; saved by bild calibrate {self.note.get('measured', '')}" if "saved" in self.note else ""))
 
 
 def _spans(rows: tuple[int, ...]) -> str:
@@ -266,11 +267,18 @@ def measure_pair_costs(small: PreTrainedModel, large: PreTrainedModel, max_width
                        repeats: int = 4, cached: bool = True) -> PairCosts:
     """The pair's cost model on the models' devices and dtypes. With `cached` it is measured once per process for
     each pair, device, dtype and attention implementation (on a CPU 4 x 5 x 2 forwards of the large model, 4 x 3 of the
-    small one: every width in both matmul forms, the small model's step in its int8 weight-only form too)."""
+    small one: every width in both matmul forms, the small model's step in its int8 weight-only form too), unless
+    `bild calibrate` saved one for exactly this pair on this machine (`bild.cost_file`): then that one is read."""
+    from .cost_file import load_costs  # it reads this module's types
+
     key = _key(small, large, max_width)
     known = _known(small, large)
     if cached and key in known:
         return known[key]
+    saved = load_costs(small, large, max_width) if cached else None
+    if saved is not None:
+        known[key] = saved
+        return saved
     widths = default_widths(max_width)
     context = pair_context(small, large, max(widths), context)
     costs = PairCosts(measure_model(small, (1,), context, repeats, int8=True), measure_model(large, widths, context, repeats),

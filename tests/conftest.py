@@ -1,4 +1,5 @@
-"""Fixtures shared by the command-line tests (examples, sweep, align): tiny model pairs saved to disk.
+"""Fixtures shared by the command-line tests (examples, sweep, align): tiny model pairs saved to disk; and an empty
+bild cache for every test.
 
 Module-scoped: each test module gets its own folder and pairs, built once for all its tests.
 """
@@ -10,6 +11,14 @@ from pathlib import Path
 import pytest
 
 from _example_fixtures import save_pair
+
+
+@pytest.fixture(autouse=True)
+def _own_bild_cache(monkeypatch, tmp_path_factory):
+    """Every test gets an empty bild cache: a cost model saved by `bild calibrate` on the machine running the tests
+    must never decide a test's drafting (tests that need $BILD_CACHE set their own)."""
+    monkeypatch.setenv("BILD_CACHE", str(tmp_path_factory.getbasetemp() / "bild-cache"))
+    monkeypatch.delenv("BILD_COSTS", raising=False)
 
 
 @pytest.fixture(scope="module")
