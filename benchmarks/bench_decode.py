@@ -20,8 +20,8 @@ few-row products in the form where its measured cost model chose it (what "auto"
 model alone): the kernels' share of a speed-up, apart from drafting's.
 
 Prompts: JSON lines with a "prompt" field, the translation layout of the Debian data
-({"translation": {"de": ..., "en": ...}}) or its summarization layout ({"document": ...}, no BLEU), prompted through
-the chat template.
+({"translation": {"de": ..., "en": ...}}, scored by BLEU) or its summarization layout ({"document": ..., "summary":
+...}, scored by ROUGE-L), prompted through the chat template.
 Sampling (--do_sample --temperature T --top_p P --seeds 0,1,2): every system samples with the same settings;
 each prompt runs once per seed (torch.manual_seed set to the same value before every system's call), BLEU is
 the mean over seeds and the intervals resample prompts (a prompt's seeds summed).
@@ -114,13 +114,30 @@ def load(path, device, dtype):
     return auto.from_pretrained(path, dtype=dtype).to(device).eval()
 
 
+def read_references(rows: list[dict]):
+    """(metric, references) of the prompts' rows: BLEU against the English side of the translation layout, ROUGE-L
+    against the "summary" of the summarization layout, else (None, None)."""
+    if rows and all("translation" in row for row in rows):
+        return "bleu", [row["translation"]["en"] for row in rows]
+    if rows and all("document" in row and "summary" in row for row in rows):
+        return "rougeL", [row["summary"] for row in rows]
+    return None, None
+
+
+def quality(metric: str, texts: list[str], references: list[str]) -> float:
+    from bild.metrics import rouge, translation_metrics
+
+    return translation_metrics(texts, references)["bleu"] if metric == "bleu" else rouge(texts, references)["rougeL"]
+
+
 def load_prompts(args, tokenizer, device):
-    """Tokenized prompts, and the English references when the file has them (else None)."""
+    """Tokenized prompts, and (metric, references) where the file has references (else (None, None))."""
     if args.prompts is None:
         gen = torch.Generator().manual_seed(0)
-        return [{"input_ids": torch.randint(2, 2048, (1, 16), generator=gen).to(device)} for _ in range(args.max_samples)], None
+        prompts = [{"input_ids": torch.randint(2, 2048, (1, 16), generator=gen).to(device)} for _ in range(args.max_samples)]
+        return prompts, (None, None)
     rows = [json.loads(line) for line in open(args.prompts) if line.strip()][: args.max_samples]
-    references = [row["translation"]["en"] for row in rows] if all("translation" in row for row in rows) else None
+    references = read_references(rows)
     out = []
     for row in rows:
         if "prompt" in row:
@@ -323,10 +340,9 @@ def report_partial(path: str, argv=None) -> dict:
     data = json.loads(Path(path).read_text())
     args = argparse.Namespace(**data["args"])
     tokenizer = AutoTokenizer.from_pretrained(args.large) if args.large else None
-    references = None
+    references = (None, None)
     if args.prompts:
-        rows = [json.loads(line) for line in open(args.prompts) if line.strip()][: args.max_samples]
-        references = [row["translation"]["en"] for row in rows] if all("translation" in row for row in rows) else None
+        references = read_references([json.loads(line) for line in open(args.prompts) if line.strip()][: args.max_samples])
     args.output = str(Path(path).with_name(Path(path).name.replace(".partial.json", f".first{data['prompts_done']}.json")))
     print(f"partial run: {data['prompts_done']} prompts")
     return build_report(args, data["runs"], references, tokenizer, data["contention"], argv)
@@ -381,18 +397,17 @@ def build_report(args, runs: dict, references, tokenizer, contention: dict, argv
     """Tables and JSON from the per-prompt runs (of a finished run, or of a partial file)."""
     seed_list = seeds(args)
     n_prompts = len(next(iter(runs.values()))["seconds"]) // len(seed_list)
+    metric, references = references
     references = references[:n_prompts] if references is not None else None
     results = {name: summarize(name, run) for name, run in runs.items()}
     compare(results, runs, len(seed_list))
     if references is not None:
-        from bild.metrics import translation_metrics
-
         for name, r in results.items():
             texts = [tokenizer.decode(t, skip_special_tokens=True).strip() for t in runs[name]["outputs"]]
-            per_seed = [translation_metrics(texts[j::len(seed_list)], references)["bleu"] for j in range(len(seed_list))]
-            r["bleu"] = sum(per_seed) / len(per_seed)
+            per_seed = [quality(metric, texts[j::len(seed_list)], references) for j in range(len(seed_list))]
+            r[metric] = sum(per_seed) / len(per_seed)
             if len(seed_list) > 1:
-                r["bleu_per_seed"] = dict(zip(map(str, seed_list), per_seed))
+                r[f"{metric}_per_seed"] = dict(zip(map(str, seed_list), per_seed))
     if "large" in runs and not getattr(args, "do_sample", False):  # sampled outputs differ from large's by design
         for name, r in results.items():
             r["examples_identical_to_large"] = sum(a == b for a, b in zip(runs[name]["outputs"], runs["large"]["outputs"]))
@@ -403,14 +418,14 @@ def build_report(args, runs: dict, references, tokenizer, contention: dict, argv
             r["identical_to_eager"] = runs[name]["outputs"] == runs[eager]["outputs"]
             r["speedup_vs_eager"] = results[eager]["seconds"] / r["seconds"]
             r["speedup_vs_eager_ci90"] = list(paired_bootstrap_ci(runs[eager]["seconds"], runs[name]["seconds"]))
-    print_table(results)
+    print_table(results, metric or "bleu")
     warning = contention_warning(contention)
     if warning:
         print(warning, file=sys.stderr)
     report = {"command": " ".join(["benchmarks/bench_decode.py", *(argv if argv is not None else sys.argv[1:])]),
               "environment": environment(), "args": vars(args), "device": args.device,
               "timing": {"order": "interleaved", "warm_up": "one generation per system", "contention": contention},
-              "prompts": n_prompts, "results": results}
+              "prompts": n_prompts, "quality_metric": metric, "results": results}
     atomic_write_json(Path(args.output), report)
     print(f"wrote {args.output}")
     return report
@@ -423,14 +438,14 @@ def _x(r: dict, base: str) -> str:
     return f"{r[f'speedup_vs_{base}']:.2f} [{lo:.2f}-{hi:.2f}]"
 
 
-def print_table(results):
-    print(f"{'system':<26}{'s':>8}{'BLEU':>7}{'ms/tok':>8}{'x large [90%]':>19}{'x assisted [90%]':>19}{'=large':>7}"
+def print_table(results, metric: str = "bleu"):
+    print(f"{'system':<26}{'s':>8}{'BLEU' if metric == 'bleu' else 'ROUGE-L':>7}{'ms/tok':>8}{'x large [90%]':>19}{'x assisted [90%]':>19}{'=large':>7}"
           f"{'tok/large':>10}{'accept':>7}{'small fwd':>10}{'large fwd':>10}{'loop':>7}{'setup':>7}")
     for name, r in results.items():
         s, split = r.get("stats", {}), r.get("split_s")
         fmt = lambda k, f: format(s[k], f) if k in s else "-"
         sp = (lambda k: f"{split[k]:.1f}") if split else (lambda k: "-")
-        print(f"{name:<26}{r['seconds']:>8.1f}{r.get('bleu', math.nan):>7.2f}{r['ms_per_token']:>8.1f}"
+        print(f"{name:<26}{r['seconds']:>8.1f}{r.get(metric, math.nan):>7.2f}{r['ms_per_token']:>8.1f}"
               f"{_x(r, 'large'):>19}{_x(r, 'assisted'):>19}{str(r.get('examples_identical_to_large', '-')):>7}"
               f"{fmt('mean_tokens_per_large_call', '.2f'):>10}{fmt('acceptance_rate', '.2f'):>7}"
               f"{sp('small_forwards'):>10}{sp('large_forwards'):>10}{sp('loop_overhead'):>7}{sp('per_call_setup'):>7}")

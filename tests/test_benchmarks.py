@@ -40,6 +40,22 @@ def test_bench_decode_interleaves_every_system_on_tiny_models(tmp_path, capsys):
     assert "bild:0.5:2:4:keep" in capsys.readouterr().out
 
 
+def test_bench_decode_scores_each_layout_by_its_metric():
+    """Translation rows are scored by BLEU against their English side, summarization rows by ROUGE-L against their
+    summary; rows of neither layout are not scored."""
+    from bild.metrics import rouge, translation_metrics
+
+    bench = _load("bench_decode")
+    translation = [{"translation": {"de": "Hallo Welt", "en": "hello world"}}]
+    summaries = [{"document": "a long text about a tool", "summary": "a tool for text"}]
+    assert bench.read_references(translation) == ("bleu", ["hello world"])
+    assert bench.read_references(summaries) == ("rougeL", ["a tool for text"])
+    assert bench.read_references([{"prompt": "hi"}]) == (None, None)
+    texts = ["a text tool"]
+    assert bench.quality("rougeL", texts, ["a tool for text"]) == rouge(texts, ["a tool for text"])["rougeL"]
+    assert bench.quality("bleu", ["hello world"], ["hello world"]) == translation_metrics(["hello world"], ["hello world"])["bleu"]
+
+
 def test_bench_decode_rotates_the_order_per_prompt():
     bench = _load("bench_decode")
     calls = []
