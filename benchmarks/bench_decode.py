@@ -439,13 +439,13 @@ def _x(r: dict, base: str) -> str:
 
 
 def print_table(results, metric: str = "bleu"):
-    print(f"{'system':<26}{'s':>8}{'BLEU' if metric == 'bleu' else 'ROUGE-L':>7}{'ms/tok':>8}{'x large [90%]':>19}{'x assisted [90%]':>19}{'=large':>7}"
+    print(f"{'system':<26}{'s':>8}{'BLEU' if metric == 'bleu' else 'ROUGE-L':>8}{'ms/tok':>8}{'x large [90%]':>19}{'x assisted [90%]':>19}{'=large':>7}"
           f"{'tok/large':>10}{'accept':>7}{'small fwd':>10}{'large fwd':>10}{'loop':>7}{'setup':>7}")
     for name, r in results.items():
         s, split = r.get("stats", {}), r.get("split_s")
         fmt = lambda k, f: format(s[k], f) if k in s else "-"
         sp = (lambda k: f"{split[k]:.1f}") if split else (lambda k: "-")
-        print(f"{name:<26}{r['seconds']:>8.1f}{r.get(metric, math.nan):>7.2f}{r['ms_per_token']:>8.1f}"
+        print(f"{name:<26}{r['seconds']:>8.1f}{r.get(metric, math.nan):>8.2f}{r['ms_per_token']:>8.1f}"
               f"{_x(r, 'large'):>19}{_x(r, 'assisted'):>19}{str(r.get('examples_identical_to_large', '-')):>7}"
               f"{fmt('mean_tokens_per_large_call', '.2f'):>10}{fmt('acceptance_rate', '.2f'):>7}"
               f"{sp('small_forwards'):>10}{sp('large_forwards'):>10}{sp('loop_overhead'):>7}{sp('per_call_setup'):>7}")

@@ -383,3 +383,26 @@ def test_metrics_carry_the_cost_model_and_the_ceilings_it_implies(compared):
     assert at["acceptance"] == pytest.approx(stats["accepted_drafts"] / stats["drafted_tokens"])
     assert (at["drafts"], at["speedup"]) == pytest.approx(costs.best_round(at["acceptance"], n))
     assert at["speedup"] <= model["ceiling"]["bild"] + 1e-9
+
+
+def test_the_header_gives_the_calibrate_command_that_saves_the_cost_model(decoder_pair, de_en, tmp_path, capsys,
+                                                                          monkeypatch):
+    """A run that measured its cost model prints the `bild calibrate` command for its models and dtype; once that
+    command has run, the next run reads the saved cost model and says so."""
+    import re
+    import shlex
+
+    from bild.cli import main as bild_main
+
+    monkeypatch.setenv("BILD_CACHE", str(tmp_path / "cache"))
+    translation.main(translation_args(decoder_pair, de_en, tmp_path / "first", "--max_samples", "1"))
+    printed = capsys.readouterr().out
+    hint = re.search(r"measured in [0-9.]+ s; (bild calibrate .*) saves it", printed)
+    assert hint and "saved by bild calibrate" not in printed
+    words = shlex.split(hint.group(1))
+    assert words[words.index("--small") + 1] == decoder_pair[0] and words[words.index("--dtype") + 1] == "float32"
+    assert bild_main([*words[1:], "--repeats", "1"]) == 0
+    capsys.readouterr()
+    translation.main(translation_args(decoder_pair, de_en, tmp_path / "second", "--max_samples", "1"))
+    printed = capsys.readouterr().out
+    assert "saved by bild calibrate" in printed and "measured in" not in printed

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shlex
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -191,6 +193,18 @@ def run_context(task: Task, loaded: LoadedModels, data: DataSpec, prompt: Prompt
     )
 
 
+def calibrate_command(spec: EvalSpec, steps: int) -> str:
+    """The `bild calibrate` command that saves this run's cost model (same models, dtype, device, max_small_steps)."""
+    words = ["bild", "calibrate", "--small", spec.small, "--large", spec.large]
+    if spec.models.dtype != "auto":
+        words += ["--dtype", spec.models.dtype]
+    if spec.models.device != "auto":
+        words += ["--device", spec.models.device]
+    if steps != BiLDConfig.max_small_steps:
+        words += ["--max_small_steps", str(steps)]
+    return shlex.join(words)
+
+
 def job_shape(task: Task, spec: EvalSpec, examples: list[Example], loaded: LoadedModels, sample: int = 32) -> dict:
     """What a measured dtype "auto" is chosen for: the median prompt length of the first `sample` examples (as the
     run prompts them) and the median length of their references (at most --max_new_tokens), in large-model tokens."""
@@ -273,8 +287,12 @@ def evaluate(spec: EvalSpec, argv: list[str], default_data: str | None = None) -
     costs = None
     if spec.model == "bild" and {"small", "large"} <= set(loaded.models):
         # The pair's cost model on this machine (measured once per process; "auto" decides from the same one).
+        start = time.perf_counter()
         costs = measure_pair_costs(loaded.models["small"], loaded.models["large"], max_width=steps + 1)
         print(f"Cost model: {costs.summary(steps)}", flush=True)
+        if "saved" not in costs.note:
+            print(f"  (measured in {time.perf_counter() - start:.1f} s; {calibrate_command(spec, steps)} saves it, and "
+                  "later runs read it instead)", flush=True)
     ctx = run_context(task, loaded, spec.data, spec.prompt, spec.generation, state)
     draft_vocab = None
     if spec.draft_vocab is not None and spec.model == "bild":
