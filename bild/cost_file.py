@@ -17,7 +17,7 @@ import hashlib
 import json
 import os
 import time
-from dataclasses import fields
+from dataclasses import asdict, fields
 from pathlib import Path
 
 import torch
@@ -93,6 +93,40 @@ def save_costs(small, large, max_width: int, costs: PairCosts, path: str | os.Pa
     tmp.write_text(json.dumps(record, indent=1))
     tmp.replace(path)
     return path
+
+
+def _by_dtype_path(small, large, max_width: int, candidates: tuple[str, ...]) -> tuple[Path, dict]:
+    ident = {**identity(small, large, max_width), "by_dtype": list(candidates)}
+    return cache_dir() / "costs" / f"{fingerprint(ident)}.json", ident
+
+
+def save_costs_by_dtype(small, large, max_width: int, small_by: dict[str, ModelCosts],
+                        large_by: dict[str, ModelCosts]) -> Path:
+    """Write each model's costs in each candidate dtype (what `dtype="auto"` weighs on a device without native
+    bfloat16, `bild.hardware.pair_dtypes`), for the models as they are now (the dtype they were loaded in)."""
+    path, ident = _by_dtype_path(small, large, max_width, tuple(small_by))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    record = {"identity": ident, "measured": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+              "small": {d: asdict(c) for d, c in small_by.items()}, "large": {d: asdict(c) for d, c in large_by.items()}}
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(record, indent=1))
+    tmp.replace(path)
+    return path
+
+
+def load_costs_by_dtype(small, large, max_width: int, candidates: tuple[str, ...]):
+    """(small_by, large_by) saved by `bild calibrate` for these models as loaded now, on this machine, or None."""
+    if os.environ.get("BILD_COSTS", "").lower() == "measure":
+        return None
+    path, ident = _by_dtype_path(small, large, max_width, candidates)
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if record.get("identity") != ident:
+        return None
+    return ({d: _model_costs(c) for d, c in record["small"].items()},
+            {d: _model_costs(c) for d, c in record["large"].items()})
 
 
 def load_costs(small, large, max_width: int, path: str | os.PathLike | None = None) -> PairCosts | None:

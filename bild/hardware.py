@@ -19,7 +19,7 @@ import os
 
 import torch
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from .costs import (PAYS_MARGIN, ModelCosts, PairCosts, default_widths, measure_model, pair_context,
                     remember_pair_costs)
@@ -178,17 +178,27 @@ def pair_dtypes(small, large, max_drafts: int = 10, drafting: str = "auto",
                 candidates=(torch.float32, torch.bfloat16), **job) -> PairChoice:
     """Measure both models in each candidate dtype (a few forwards each: the small model's step, the large model's
     passes over 1 .. max_drafts + 1 tokens, both prefills), choose with `choose_pair_dtypes`, and leave each model
-    in its chosen dtype. What `dtype="auto"` does for a pair on a device without native bfloat16. The measurement in
+    in its chosen dtype (the measurements `bild calibrate` saved for these models on this machine, where there are
+    any, instead of measuring). What `dtype="auto"` does for a pair on a device without native bfloat16. The measurement in
     the chosen dtypes is kept as the pair's cost model (`bild.costs.remember_pair_costs`), so "auto" decides whether
     to draft from the same numbers the choice was made from."""
+    from .cost_file import load_costs, load_costs_by_dtype  # it reads this module's flags
+
     widths = default_widths(max_drafts + 1)
     context = pair_context(small, large, max(widths))
-    small_by, large_by = measure_by_dtype(small, (1,), candidates, context), measure_by_dtype(large, widths, candidates,
-                                                                                           context)
+    names = tuple(str(d).replace("torch.", "") for d in candidates)
+    saved = load_costs_by_dtype(small, large, max_drafts + 1, names)  # `bild calibrate` measured them here
+    if saved is not None:
+        small_by, large_by = saved
+    else:
+        small_by, large_by = (measure_by_dtype(small, (1,), candidates, context),
+                              measure_by_dtype(large, widths, candidates, context))
     choice = choose_pair_dtypes(small_by, large_by, max_drafts, drafting, **job)
     small.to(getattr(torch, choice.small))
     large.to(getattr(torch, choice.large))
     # One measurement for both decisions: "auto" decides whether to draft from the costs the choice was made from.
-    remember_pair_costs(small, large, max_drafts + 1, PairCosts(small_by[choice.small], large_by[choice.large],
-                                                               device=str(large.device), note={"dtypes": "measured"}))
+    # (`bild calibrate`'s cost model in the chosen dtypes, where it saved one: more repeats than the choice's.)
+    costs = (load_costs(small, large, max_drafts + 1)
+             or PairCosts(small_by[choice.small], large_by[choice.large], device=str(large.device)))
+    remember_pair_costs(small, large, max_drafts + 1, replace(costs, note={**costs.note, "dtypes": "measured"}))
     return choice

@@ -104,3 +104,31 @@ def test_injected_costs_still_win(monkeypatch, tmp_path):
     save_costs(small, large, 7, _forms_costs())
     given = injected_costs(1.0)
     assert BiLDGenerator(small, large, "auto", 0.0, 6, cost_model=given).costs is given
+
+
+def test_where_bfloat16_is_not_native_calibrate_also_saves_what_dtype_auto_weighs(decoder_pair, monkeypatch, tmp_path):
+    """On a device without a dtype rule, `dtype="auto"` measures both models in float32 and bfloat16 at every start;
+    `bild calibrate` saves those measurements too, and a later load chooses the dtypes from them without a forward."""
+    import bild.hardware as hardware
+    from bild.eval import systems
+    from bild.eval.systems import ModelSpec, load_models
+
+    monkeypatch.setenv("BILD_CACHE", str(tmp_path))
+    for module in (hardware, systems):
+        monkeypatch.setattr(module, "rule_dtype", lambda device, *a, **k: None)
+    small_path, large_path = decoder_pair
+    assert cli_main(["calibrate", "--small", small_path, "--large", large_path, "--device", "cpu",
+                     "--max_small_steps", "4", "--repeats", "1"]) == 0
+    assert len(list((tmp_path / "costs").glob("*.json"))) == 2  # the measurements by dtype, the chosen dtypes' costs
+    _no_measuring(monkeypatch)
+    monkeypatch.setattr(hardware, "measure_by_dtype", lambda *a, **k: (_ for _ in ()).throw(AssertionError("measured")))
+    loaded = load_models({"small": small_path, "large": large_path}, ModelSpec("auto", "cpu"), torch.device("cpu"), 4)
+    choice = loaded.dtype_choice
+    assert choice is not None and set(choice.seconds) >= {"bild float32/float32", "bild bfloat16/bfloat16"}
+    small, large = loaded.models["small"], loaded.models["large"]
+    assert str(next(small.parameters()).dtype) == f"torch.{choice.small}"
+    costs = BiLDGenerator(small, large, "auto", 0.0, 4).costs
+    assert costs.note["dtypes"] == "measured" and "saved" in costs.note  # calibrate's cost model in those dtypes
+    monkeypatch.setenv("BILD_COSTS", "measure")
+    with pytest.raises(AssertionError, match="measured"):
+        load_models({"small": small_path, "large": large_path}, ModelSpec("auto", "cpu"), torch.device("cpu"), 4)
