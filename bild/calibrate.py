@@ -52,7 +52,8 @@ def calibrate_command(args: argparse.Namespace) -> int:
         with torch.no_grad():
             small_by = measure_by_dtype(small, (1,), context=context, repeats=args.repeats)
             large_by = measure_by_dtype(large, widths, context=context, repeats=args.repeats)
-        small.float(), large.float()
+        small.float()
+        large.float()
         path = save_costs_by_dtype(small, large, max_width, small_by, large_by)
         print(f"each model in float32 and bfloat16, saved to {path}")
         choice = pair_dtypes(small, large, args.max_small_steps)  # reads what was just saved

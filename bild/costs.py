@@ -23,7 +23,7 @@ import inspect
 import statistics
 import time
 import weakref
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 
 import torch
 from torch import nn
@@ -79,6 +79,16 @@ class ModelCosts:
         return ModelCosts.from_forms(self.linear_passes, self.stationary_passes, self.prefill_per_token, self.dtype,
                                      self.context)
 
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelCosts":
+        """The inverse of `asdict` through JSON (which keeps the widths as strings and the row counts as lists)."""
+        kwargs = {f.name: d[f.name] for f in fields(cls) if f.name in d}
+        for name in ("passes", "linear_passes", "stationary_passes", "int8_passes"):
+            kwargs[name] = {int(w): float(s) for w, s in kwargs.get(name, {}).items()}
+        for name in ("weight_stationary", "int8_rows"):
+            kwargs[name] = tuple(int(r) for r in kwargs.get(name, ()))
+        return cls(**kwargs)
+
     @property
     def step(self) -> float:
         return self.passes[1]
@@ -132,6 +142,12 @@ class PairCosts:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "PairCosts":
+        """The inverse of `to_dict`, through JSON."""
+        return cls(ModelCosts.from_dict(d["small"]), ModelCosts.from_dict(d["large"]), d.get("device", ""),
+                   dict(d.get("note", {})))
 
     def summary(self, max_drafts: int) -> str:
         """One line for headers and warnings."""

@@ -13,7 +13,7 @@ from transformers import AutoModelForCausalLM
 import bild.costs as costs_module
 from bild import BiLDGenerator, restrict_draft_vocab
 from bild.cli import main as cli_main
-from bild.cost_file import costs_path, identity, load_costs, pair_costs_from_dict, save_costs
+from bild.cost_file import costs_path, identity, load_costs, save_costs
 from bild.costs import ModelCosts, PairCosts, measure_pair_costs
 from tiny_models import VOCAB, batch_inputs, injected_costs, prompts, tiny_pair
 
@@ -33,7 +33,7 @@ def _no_measuring(monkeypatch):
 
 def test_the_dict_form_round_trips_every_field():
     costs = _forms_costs()
-    back = pair_costs_from_dict(json.loads(json.dumps(costs.to_dict())))
+    back = PairCosts.from_dict(json.loads(json.dumps(costs.to_dict())))
     assert back == costs
     assert back.small.int8_rows == (1,) and back.large.weight_stationary == costs.large.weight_stationary
 
